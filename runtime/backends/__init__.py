@@ -1,0 +1,1 @@
+"""Model backends. A backend is one module with a ``load()`` function; see ``base``."""

@@ -1,0 +1,414 @@
+"""The dynamic batcher: one per model version, one asyncio task, never blocking the loop.
+
+Requests are queued (bounded; a full queue rejects at once with a retry hint), closed into
+batches earliest-deadline-first, merged along axis 0 (padded to buckets if configured),
+run on a free model instance in a worker thread, and split back to their callers. While
+one batch computes the next one fills; several instances run batches concurrently.
+
+Every failure stays inside the batch it hit (STYLE.md's batcher lessons): the loop has one
+exception boundary, futures are set only if not done, cancelled requests are dropped before
+merging, and a failed multi-request batch is retried request by request so a poison
+request fails alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from servegraph.runtime.backends.base import LoadedModel
+from servegraph.runtime.batching.cost import BatchPolicy, CostCurve, bucket_ceiling, plan_batch
+from servegraph.runtime.batching.padding import merge, padded_shape, split
+from servegraph.runtime.config import ModelConfig
+from servegraph.runtime.metrics import ModelMetrics
+from servegraph.runtime.protocol.datatypes import numpy_dtype
+from servegraph.runtime.protocol.errors import (
+    DeadlineExceeded,
+    InvalidInput,
+    ModelError,
+    ModelNotReady,
+    QueueFull,
+    ServegraphError,
+)
+from servegraph.runtime.stats import ModelStats
+
+log = logging.getLogger(__name__)
+
+Outputs = dict[str, np.ndarray]
+
+
+@dataclass(slots=True, eq=False)
+class _Pending:
+    inputs: dict[str, np.ndarray]
+    rows: int
+    key: tuple[tuple[str, tuple[int, ...]], ...]
+    deadline: float
+    arrived: float
+    arrived_ns: int
+    seq: int
+    future: asyncio.Future[Outputs]
+    unpad: dict[str, tuple[tuple[int, int], ...]] = field(default_factory=dict)
+
+
+class DynamicBatcher:
+    """Queue, batch and run requests for one model version."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        version: str,
+        instances: list[LoadedModel],
+        stats: ModelStats,
+        metrics: ModelMetrics,
+        max_queue_size: int,
+        curve: CostCurve | None = None,
+    ) -> None:
+        self.config = config
+        self.model = config.name
+        self.version = version
+        self._instances = list(instances)
+        self._free = list(instances)
+        self._stats = stats
+        self.metrics = metrics
+        self._max_queue = max_queue_size
+        self.curve = curve or CostCurve()
+        self._batch_dim = config.max_batch_size > 0
+        batching = config.dynamic_batching
+        self._merging = self._batch_dim and batching is not None
+        self._buckets = config.shape_buckets
+        self._queue_timeout = (
+            batching.default_queue_policy.default_timeout_microseconds / 1e6 if batching else 0.0
+        )
+        self.policy = BatchPolicy(
+            max_rows=max(config.max_batch_size, 1),
+            max_delay=(batching.max_queue_delay_microseconds / 1e6) if batching else 0.0,
+            preferred=tuple(batching.preferred_batch_size) if batching else (),
+            buckets=tuple(self._buckets.batch_sizes) if self._buckets else (),
+            cost_aware=batching is None or batching.scheduler == "cost_aware",
+        )
+        self._executor = ThreadPoolExecutor(
+            max_workers=len(instances), thread_name_prefix=f"model-{config.name}"
+        )
+        self._pending: list[_Pending] = []
+        self._seq = 0
+        self._deadlined = 0
+        self._inflight = 0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._row_interval = 0.0  # EWMA seconds between arriving rows
+        self._last_arrival = 0.0
+        self._drain_rate = 0.0  # EWMA requests completed per second
+
+    # ----------------------------------------------------------------- public
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(), name=f"batcher-{self.model}-{self.version}"
+        )
+
+    @property
+    def alive(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    @property
+    def depth(self) -> int:
+        return len(self._pending)
+
+    async def infer(self, inputs: dict[str, np.ndarray], deadline: float | None) -> Outputs:
+        """Queue one request and wait for its share of a batch."""
+        if self._closing:
+            raise ModelNotReady(f"model '{self.model}' version {self.version} is unloading")
+        if len(self._pending) >= self._max_queue:
+            retry = self.retry_after()
+            self.metrics.rejected("queue_full")
+            raise QueueFull(
+                f"queue for model '{self.model}' version {self.version} is full "
+                f"({self._max_queue} requests); retry after {retry * 1000:.0f} ms",
+                retry_after=retry,
+            )
+        now = time.monotonic()
+        if self._queue_timeout and (deadline is None or now + self._queue_timeout < deadline):
+            deadline = now + self._queue_timeout
+        item = self._make_pending(inputs, deadline, now)
+        self._pending.append(item)
+        if item.deadline != math.inf:
+            self._deadlined += 1
+        self.metrics.queue_depth.set(len(self._pending))
+        self._wake.set()
+        return await item.future
+
+    def retry_after(self) -> float:
+        """Seconds until the queue should have room: depth over the measured drain rate."""
+        rate = self._drain_rate or 1.0 / max(self.curve.cost(1), 1e-3)
+        return max(0.001, (len(self._pending) + 1) / rate)
+
+    async def close(self, timeout: float | None = None) -> None:
+        """Stop taking requests, finish what is queued and running, then stop the loop."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout)
+            except asyncio.TimeoutError:
+                self._task.cancel()
+                self._fail_all(ModelNotReady(f"model '{self.model}' was unloaded"))
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # --------------------------------------------------------------- internals
+    def _make_pending(
+        self, inputs: dict[str, np.ndarray], deadline: float | None, now: float
+    ) -> _Pending:
+        rows = 1
+        key: tuple[tuple[str, tuple[int, ...]], ...] = ()
+        unpad: dict[str, tuple[tuple[int, int], ...]] = {}
+        if self._batch_dim:
+            rows = next(iter(inputs.values())).shape[0] if inputs else 1
+            if rows > self.config.max_batch_size:
+                raise InvalidInput(
+                    f"inference request batch-size must be <= {self.config.max_batch_size} "
+                    f"for model '{self.model}', got {rows}"
+                )
+            if self._merging:
+                shapes = []
+                for name, array in inputs.items():
+                    inner = array.shape[1:]
+                    if self._buckets is not None:
+                        inner = padded_shape(name, array.shape, self._buckets, self.model)[1:]
+                    shapes.append((name, inner))
+                key = tuple(shapes)
+                if self._buckets is not None and self._buckets.output_follows:
+                    unpad = {
+                        out: tuple((f.output_axis, inputs[f.input].shape[f.input_axis]) for f in follows)
+                        for out, follows in self._buckets.output_follows.items()
+                        if all(f.input in inputs for f in follows)
+                    }
+        if rows > 0 and self._last_arrival:
+            gap = max(now - self._last_arrival, 0.0) / rows
+            self._row_interval += 0.2 * (gap - self._row_interval)
+        self._last_arrival = now
+        self._seq += 1
+        return _Pending(
+            inputs=inputs,
+            rows=rows,
+            key=key,
+            deadline=deadline if deadline is not None else math.inf,
+            arrived=now,
+            arrived_ns=time.perf_counter_ns(),
+            seq=self._seq,
+            future=asyncio.get_running_loop().create_future(),
+            unpad=unpad,
+        )
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            wait_until = math.inf
+            try:
+                self._wake.clear()
+                now = time.monotonic()
+                if self._deadlined:
+                    self._expire(now)
+                while self._pending and self._free:
+                    batch, wait_until = self._form(now)
+                    if not batch:
+                        break
+                    self._launch(batch, self._free.pop())
+                self.metrics.queue_depth.set(len(self._pending))
+                if self._closing and not self._pending and not self._inflight:
+                    return
+            except Exception:  # the loop must never die while health says OK
+                log.exception("batcher for model '%s' hit an internal error", self.model)
+                self._fail_all(ModelError(f"internal batching error in model '{self.model}'"))
+            wake_at = wait_until
+            if self._deadlined:
+                wake_at = min(wake_at, min(p.deadline for p in self._pending))
+            handle = None
+            if wake_at != math.inf:
+                handle = loop.call_later(max(wake_at - time.monotonic(), 0.0), self._wake.set)
+            await self._wake.wait()
+            if handle is not None:
+                handle.cancel()
+
+    def _expire(self, now: float) -> None:
+        keep: list[_Pending] = []
+        for item in self._pending:
+            if item.future.done():
+                self._forget(item)
+            elif item.deadline <= now:
+                self._forget(item)
+                self.metrics.rejected("timeout")
+                item.future.set_exception(
+                    DeadlineExceeded(
+                        f"request for model '{self.model}' timed out after "
+                        f"{(now - item.arrived) * 1000:.0f} ms in the queue; it was not run"
+                    )
+                )
+            else:
+                keep.append(item)
+        self._pending = keep
+
+    def _forget(self, item: _Pending) -> None:
+        if item.deadline != math.inf:
+            self._deadlined -= 1
+
+    def _form(self, now: float) -> tuple[list[_Pending], float]:
+        """Take the next batch off the queue, or return ([], wait_until)."""
+        pending = self._pending
+        while pending and pending[0].future.done():  # cancelled by its caller
+            self._forget(pending.pop(0))
+        if not pending:
+            return [], math.inf
+        if self._deadlined:
+            pending.sort(key=lambda p: (p.deadline, p.seq))
+        head = pending[0]
+        if not self._merging:
+            pending.pop(0)
+            self._forget(head)
+            return [head], math.inf
+        group = [p for p in pending if p.key == head.key and not p.future.done()]
+        queued_rows = sum(p.rows for p in group)
+        first_arrival = min(p.arrived for p in group)
+        rate = 1.0 / self._row_interval if self._row_interval > 0 else 0.0
+        plan = plan_batch(self.policy, self.curve, queued_rows, first_arrival, now, rate)
+        if plan.rows == 0:
+            return [], plan.wait_until
+        batch: list[_Pending] = []
+        rows = 0
+        for item in group:
+            if batch and rows + item.rows > plan.rows:
+                break
+            batch.append(item)
+            rows += item.rows
+        taken = {id(p) for p in batch}
+        self._pending = [p for p in pending if id(p) not in taken and not p.future.done()]
+        for item in batch:
+            self._forget(item)
+        return batch, math.inf
+
+    def _launch(self, batch: list[_Pending], instance: LoadedModel) -> None:
+        self._inflight += 1
+        asyncio.get_running_loop().create_task(self._execute(batch, instance))
+
+    async def _execute(self, batch: list[_Pending], instance: LoadedModel) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            batch = [p for p in batch if not p.future.done()]
+            if not batch:
+                return
+            try:
+                results, batch_rows, timings = await self._run_batch(loop, batch, instance)
+            except Exception as exc:
+                if len(batch) > 1:
+                    # Find out who is to blame: each request alone gets its own answer.
+                    for item in batch:
+                        await self._execute_alone(loop, item, instance)
+                    return
+                self._fail(batch, exc)
+                return
+            self._complete(batch, results, batch_rows, timings)
+        finally:
+            self._free.append(instance)
+            self._inflight -= 1
+            self._wake.set()
+
+    async def _execute_alone(self, loop: asyncio.AbstractEventLoop, item: _Pending, instance: LoadedModel) -> None:
+        if item.future.done():
+            return
+        try:
+            results, batch_rows, timings = await self._run_batch(loop, [item], instance)
+        except Exception as exc:
+            self._fail([item], exc)
+            return
+        self._complete([item], results, batch_rows, timings)
+
+    async def _run_batch(
+        self, loop: asyncio.AbstractEventLoop, batch: list[_Pending], instance: LoadedModel
+    ) -> tuple[list[Outputs], int, tuple[int, int, int, int]]:
+        t0 = time.perf_counter_ns()
+        rows = [p.rows for p in batch]
+        real_rows = sum(rows)
+        if self._merging:
+            batch_rows = bucket_ceiling(real_rows, list(self.policy.buckets))
+            inner = {name: shape for name, shape in batch[0].key}
+            pad = self._buckets.pad_value if self._buckets else 0.0
+            merged = merge([p.inputs for p in batch], batch_rows, inner, pad)
+        else:
+            batch_rows = real_rows
+            merged = batch[0].inputs
+        t1 = time.perf_counter_ns()
+        outputs = await loop.run_in_executor(self._executor, instance.predict, merged)
+        t2 = time.perf_counter_ns()
+        if self._batch_dim:
+            unpad = [p.unpad for p in batch] if any(p.unpad for p in batch) else None
+            results = split(outputs, rows, batch_rows, self.model, unpad)
+        else:
+            results = [outputs]
+        t3 = time.perf_counter_ns()
+        return results, batch_rows, (t0, t1, t2, t3)
+
+    def _complete(
+        self,
+        batch: list[_Pending],
+        results: list[Outputs],
+        batch_rows: int,
+        timings: tuple[int, int, int, int],
+    ) -> None:
+        t0, t1, t2, t3 = timings
+        compute = (t2 - t1) / 1e9
+        self.curve.observe(batch_rows, compute)
+        self._stats.record_execution(batch_rows, len(batch), t1 - t0, t2 - t1, t3 - t2)
+        self.metrics.compute_time.observe(compute)
+        self.metrics.batch_size.observe(batch_rows)
+        elapsed = (t3 - t0) / 1e9
+        if elapsed > 0:
+            rate = len(batch) / elapsed
+            self._drain_rate += 0.2 * (rate - self._drain_rate)
+        for item, result in zip(batch, results):
+            queued = t0 - item.arrived_ns
+            self._stats.queue.add(queued)
+            self.metrics.queue_time.observe(queued / 1e9)
+            if not item.future.done():
+                item.future.set_result(result)
+
+    def _fail(self, batch: list[_Pending], exc: BaseException) -> None:
+        error = exc if isinstance(exc, ServegraphError) else ModelError(
+            f"model '{self.model}' version {self.version} failed: {type(exc).__name__}: {exc}"
+        )
+        for item in batch:
+            if not item.future.done():
+                item.future.set_exception(error)
+
+    def _fail_all(self, error: ServegraphError) -> None:
+        pending, self._pending = self._pending, []
+        self._deadlined = 0
+        for item in pending:
+            if not item.future.done():
+                item.future.set_exception(error)
+
+
+def warmup_inputs(
+    config: ModelConfig, rows: int, dims_for: Callable[[str, int, int], int]
+) -> dict[str, np.ndarray]:
+    """Sample inputs of ``rows`` rows (no batch dim when batching is off) for warm-up."""
+    rng = np.random.default_rng(0)
+    inputs: dict[str, np.ndarray] = {}
+    for tensor in config.input:
+        dims = [dims_for(tensor.name, axis + 1, d) for axis, d in enumerate(tensor.dims)]
+        shape = ([rows] if config.max_batch_size > 0 else []) + dims
+        if tensor.data_type == "BYTES":
+            inputs[tensor.name] = np.full(shape, b"warmup", dtype=np.object_)
+        elif tensor.data_type.startswith("FP"):
+            dtype = {"FP16": np.float16, "FP32": np.float32, "FP64": np.float64}[tensor.data_type]
+            inputs[tensor.name] = rng.standard_normal(shape).astype(dtype)
+        elif tensor.data_type == "BOOL":
+            inputs[tensor.name] = np.zeros(shape, dtype=np.bool_)
+        else:
+            inputs[tensor.name] = np.zeros(shape, dtype=numpy_dtype(tensor.data_type))
+    return inputs

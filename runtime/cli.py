@@ -1,0 +1,58 @@
+"""``servegraph serve``: the runtime's command line (Triton's flags and default ports)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+
+from servegraph.runtime.config import ServerSettings
+from servegraph.runtime.server import Server
+
+
+def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser("serve", help="serve every model in a model repository over v2 HTTP and gRPC")
+    p.add_argument("--model-repository", required=True, help="directory of <model>/<version>/ folders")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--http-port", type=int, default=8000)
+    p.add_argument("--grpc-port", type=int, default=8001)
+    p.add_argument("--metrics-port", type=int, default=8002)
+    p.add_argument("--repository-poll-secs", type=float, default=5.0, help="rescan period; 0 turns polling off")
+    p.add_argument("--max-request-bytes", type=int, default=64 << 20)
+    p.add_argument("--default-max-queue-size", type=int, default=1024)
+    p.add_argument("--strict-readiness", type=lambda v: v.lower() in ("1", "true", "yes"), default=True)
+    p.add_argument("--exit-timeout-secs", type=float, default=30.0)
+    p.add_argument("--log-level", default="INFO")
+    p.set_defaults(func=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    settings = ServerSettings(
+        model_repository=args.model_repository,
+        host=args.host,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        repository_poll_secs=args.repository_poll_secs,
+        max_request_bytes=args.max_request_bytes,
+        default_max_queue_size=args.default_max_queue_size,
+        strict_readiness=args.strict_readiness,
+        exit_timeout_secs=args.exit_timeout_secs,
+    )
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:  # uvloop is optional (not on Windows)
+        runner = asyncio.run
+    drained = runner(Server(settings).serve())
+    sys.stdout.flush()
+    # Model threads stuck past the exit timeout must not keep the process alive.
+    os._exit(0 if drained else 1)

@@ -1,0 +1,126 @@
+"""The protocol-neutral data plane: what every endpoint means, for REST and gRPC alike.
+
+Transports decode their wire format into ``InferRequest``, call one method here, and encode
+what comes back; errors are raised as ``ServegraphError`` and mapped by the transport
+through ``protocol.errors.ERROR_TABLE``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from servegraph import __version__
+from servegraph.runtime.config import ModelConfig, ServerSettings
+from servegraph.runtime.model import ServedModel
+from servegraph.runtime.protocol.errors import InvalidInput, ModelNotFound, ShuttingDown
+from servegraph.runtime.protocol.types import InferRequest, InferResponse
+from servegraph.runtime.repository.manager import ModelRepository
+
+EXTENSIONS = [
+    "binary_tensor_data",
+    "model_configuration",
+    "model_repository",
+    "statistics",
+    "parameters",
+    "schedule_policy",
+]
+"""Protocol extensions reported by ``GET /v2`` (only what is implemented)."""
+
+
+class DataPlane:
+    def __init__(self, repository: ModelRepository, settings: ServerSettings) -> None:
+        self.repository = repository
+        self.settings = settings
+        self.started = False
+        """Set once the first repository load (and warm-up) has finished."""
+        self.draining = False
+        """Set on SIGTERM: not ready, no new inference."""
+
+    # ------------------------------------------------------------------ health
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        if not self.started or self.draining:
+            return False
+        if self.settings.strict_readiness:
+            return self.repository.all_ready()
+        return self.repository.any_ready()
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        if name not in self.repository.models:
+            raise ModelNotFound(f"unknown model: '{name}'")
+        try:
+            self.repository.get(name, version)
+        except ModelNotFound:
+            raise
+        except Exception:
+            return False
+        return not self.draining
+
+    # ---------------------------------------------------------------- metadata
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": "servegraph", "version": __version__, "extensions": EXTENSIONS}
+
+    def model_metadata(self, name: str, version: str = "") -> dict[str, Any]:
+        model = self.repository.get(name, version)
+        return {
+            "name": model.name,
+            "versions": self.repository.served_versions(name),
+            "platform": model.platform,
+            "inputs": [
+                {"name": t.name, "datatype": t.data_type, "shape": model.signature_shape(t)}
+                for t in model.config.input
+            ],
+            "outputs": [
+                {"name": t.name, "datatype": t.data_type, "shape": model.signature_shape(t)}
+                for t in model.config.output
+            ],
+        }
+
+    def model_config(self, name: str, version: str = "") -> ModelConfig:
+        return self.repository.get(name, version).config
+
+    def model_statistics(self, name: str = "", version: str = "") -> list[dict[str, Any]]:
+        """Statistics of one version, every ready version of a model, or every model."""
+        if name and version:
+            return [self.repository.get(name, version).stats.to_dict()]
+        names = [name] if name else sorted(self.repository.models)
+        if name and name not in self.repository.models:
+            raise ModelNotFound(f"unknown model: '{name}'")
+        stats = []
+        for model_name in names:
+            for v in self.repository.served_versions(model_name):
+                stats.append(self.repository.get(model_name, v).stats.to_dict())
+        return stats
+
+    def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]:
+        return self.repository.index(ready_only)
+
+    # --------------------------------------------------------------- inference
+    def model_for(self, request: InferRequest) -> ServedModel:
+        return self.repository.get(request.model_name, request.model_version)
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        if self.draining:
+            raise ShuttingDown("server is shutting down and accepts no new requests")
+        model = self.model_for(request)
+        self._apply_timeout_parameter(request, model)
+        return await model.infer(request)
+
+    @staticmethod
+    def _apply_timeout_parameter(request: InferRequest, model: ServedModel) -> None:
+        """Triton's per-request ``timeout`` parameter (microseconds) tightens the deadline."""
+        timeout = request.parameters.get("timeout")
+        if timeout is None:
+            return
+        if not isinstance(timeout, int) or isinstance(timeout, bool) or timeout < 0:
+            raise InvalidInput(f"parameter 'timeout' must be a non-negative integer of microseconds, got {timeout!r}")
+        batching = model.config.dynamic_batching
+        if batching is not None and not batching.default_queue_policy.allow_timeout_override:
+            return
+        if timeout > 0:
+            deadline = time.monotonic() + timeout / 1e6
+            if request.deadline is None or deadline < request.deadline:
+                request.deadline = deadline

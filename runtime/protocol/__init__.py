@@ -1,0 +1,1 @@
+"""Protocol-neutral types, datatype tables, errors and the REST/gRPC codecs (no I/O)."""

@@ -1,0 +1,140 @@
+"""The v2 gRPC messages (tritonclient's generated ``service_pb2``) to and from our types.
+
+Inputs come either as ``raw_input_contents`` (one bytes blob per input, wrapped without a
+copy) or as typed ``contents``; outputs always go back as ``raw_output_contents``, which is
+what tritonclient and Triton use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from tritonclient.grpc import service_pb2 as pb
+
+from servegraph.runtime.protocol.datatypes import (
+    element_count,
+    numpy_dtype,
+    tensor_from_buffer,
+    tensor_to_bytes,
+)
+from servegraph.runtime.protocol.errors import InvalidInput
+from servegraph.runtime.protocol.types import InferRequest, InferResponse, RequestedOutput
+
+_CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+def parameters_to_dict(params: Any) -> dict[str, Any]:
+    """A protobuf ``map<string, InferParameter>`` as plain Python values."""
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        kind = value.WhichOneof("parameter_choice")
+        out[key] = getattr(value, kind) if kind else None
+    return out
+
+
+def fill_parameters(target: Any, params: dict[str, Any]) -> None:
+    """Write plain values into a protobuf ``map<string, InferParameter>``."""
+    for key, value in params.items():
+        if isinstance(value, bool):
+            target[key].bool_param = value
+        elif isinstance(value, int):
+            target[key].int64_param = value
+        elif isinstance(value, float):
+            target[key].double_param = value
+        else:
+            target[key].string_param = str(value)
+
+
+def _typed_contents(tensor: Any, shape: tuple[int, ...]) -> np.ndarray:
+    name, datatype = tensor.name, tensor.datatype
+    field = _CONTENTS_FIELD.get(datatype)
+    if field is None:
+        raise InvalidInput(f"input '{name}' of datatype {datatype} must be sent in raw_input_contents")
+    values = getattr(tensor.contents, field)
+    count = element_count(shape)
+    if len(values) != count:
+        raise InvalidInput(
+            f"input '{name}' has {len(values)} elements in contents.{field}, expected {count} "
+            f"for shape {list(shape)}"
+        )
+    if datatype == "BYTES":
+        array = np.empty(count, dtype=np.object_)
+        array[:] = list(values)
+        return array.reshape(shape)
+    return np.asarray(values, dtype=numpy_dtype(datatype)).reshape(shape)
+
+
+def decode_request(request: Any, deadline: float | None) -> InferRequest:
+    """A ``ModelInferRequest`` as an InferRequest (400 for anything inconsistent)."""
+    if not request.model_name:
+        raise InvalidInput("model_name is required")
+    if not request.inputs:
+        raise InvalidInput("request has no inputs")
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidInput(
+            f"request has {len(request.inputs)} inputs but {len(raw)} raw_input_contents"
+        )
+    inputs: dict[str, np.ndarray] = {}
+    datatypes: dict[str, str] = {}
+    input_parameters: dict[str, dict[str, Any]] = {}
+    for i, tensor in enumerate(request.inputs):
+        name = tensor.name
+        if not name:
+            raise InvalidInput(f"input {i} has no name")
+        if name in inputs:
+            raise InvalidInput(f"input '{name}' appears twice")
+        numpy_dtype(tensor.datatype)
+        shape = tuple(tensor.shape)
+        if any(d < 0 for d in shape):
+            raise InvalidInput(f"input '{name}' has a negative dimension in shape {list(shape)}")
+        if raw:
+            inputs[name] = tensor_from_buffer(raw[i], tensor.datatype, shape, name)
+        else:
+            inputs[name] = _typed_contents(tensor, shape)
+        datatypes[name] = tensor.datatype
+        if tensor.parameters:
+            input_parameters[name] = parameters_to_dict(tensor.parameters)
+    outputs = [
+        RequestedOutput(o.name, True, parameters_to_dict(o.parameters)) for o in request.outputs
+    ] or None
+    return InferRequest(
+        model_name=request.model_name,
+        model_version=request.model_version,
+        inputs=inputs,
+        datatypes=datatypes,
+        id=request.id,
+        outputs=outputs,
+        parameters=parameters_to_dict(request.parameters),
+        input_parameters=input_parameters,
+        deadline=deadline,
+    )
+
+
+def encode_response(response: InferResponse) -> Any:
+    """An InferResponse as a ``ModelInferResponse`` with raw output contents."""
+    message = pb.ModelInferResponse(
+        model_name=response.model_name,
+        model_version=response.model_version,
+        id=response.id,
+    )
+    for name, array in response.outputs.items():
+        message.outputs.add(name=name, datatype=response.datatypes[name], shape=array.shape)
+        message.raw_output_contents.append(tensor_to_bytes(array))
+    if response.parameters:
+        fill_parameters(message.parameters, response.parameters)
+    return message

@@ -1,0 +1,204 @@
+"""The v2 REST wire format: JSON tensors and Triton's binary tensor extension.
+
+A request body is a JSON header, optionally followed by raw tensor bytes; the header's
+length is in the ``Inference-Header-Content-Length`` HTTP header. Binary inputs carry a
+``binary_data_size`` parameter and are cut from the tail in order; outputs are sent in
+binary when the request asks (``binary_data`` per output, or ``binary_data_output``).
+Binary tensors are wrapped with ``np.frombuffer`` on the body: no copy on the way in.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import orjson
+
+from servegraph.runtime.protocol.datatypes import (
+    element_count,
+    numpy_dtype,
+    tensor_from_buffer,
+    tensor_to_bytes,
+)
+from servegraph.runtime.protocol.errors import InvalidInput
+from servegraph.runtime.protocol.types import InferRequest, InferResponse, RequestedOutput
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+
+def _expect(condition: bool, message: str) -> None:
+    if not condition:
+        raise InvalidInput(message)
+
+
+def _parse_json(data: bytes | memoryview) -> Any:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"malformed JSON in request body: {exc}") from None
+
+
+def _json_tensor(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> np.ndarray:
+    count = element_count(shape)
+    if datatype == "BYTES":
+        flat = np.asarray(data, dtype=np.object_).reshape(-1)
+        values = np.empty(flat.size, dtype=np.object_)
+        for i, item in enumerate(flat):
+            if isinstance(item, str):
+                values[i] = item.encode("utf-8")
+            elif isinstance(item, bytes):
+                values[i] = item
+            else:
+                raise InvalidInput(f"BYTES input '{name}' holds a {type(item).__name__}; expected strings")
+        array = values
+    else:
+        try:
+            array = np.asarray(data, dtype=numpy_dtype(datatype)).reshape(-1)
+        except (TypeError, ValueError) as exc:
+            raise InvalidInput(f"data of input '{name}' does not fit datatype {datatype}: {exc}") from None
+    if array.size != count:
+        raise InvalidInput(
+            f"input '{name}' has {array.size} elements in 'data', expected {count} "
+            f"for shape {list(shape)}"
+        )
+    return array.reshape(shape)
+
+
+def decode_request(
+    body: bytes, header_length: int | None, model_name: str, model_version: str
+) -> InferRequest:
+    """Parse an infer request body (JSON or JSON + binary tail) into an InferRequest."""
+    if header_length is None:
+        header_bytes: bytes | memoryview = body
+        tail = memoryview(b"")
+    else:
+        _expect(
+            0 <= header_length <= len(body),
+            f"{HEADER_LENGTH} is {header_length} but the body has only {len(body)} bytes",
+        )
+        view = memoryview(body)
+        header_bytes, tail = view[:header_length], view[header_length:]
+    header = _parse_json(header_bytes)
+    _expect(isinstance(header, dict), "request body must be a JSON object")
+    raw_inputs = header.get("inputs")
+    _expect(isinstance(raw_inputs, list) and len(raw_inputs) > 0, "request needs a non-empty 'inputs' list")
+    parameters = header.get("parameters") or {}
+    _expect(isinstance(parameters, dict), "'parameters' must be an object")
+    inputs: dict[str, np.ndarray] = {}
+    datatypes: dict[str, str] = {}
+    input_parameters: dict[str, dict[str, Any]] = {}
+    offset = 0
+    for raw in raw_inputs:
+        _expect(isinstance(raw, dict), "each input must be an object")
+        name = raw.get("name")
+        _expect(isinstance(name, str) and name != "", "each input needs a 'name' string")
+        _expect(name not in inputs, f"input '{name}' appears twice")
+        datatype = raw.get("datatype")
+        _expect(isinstance(datatype, str), f"input '{name}' needs a 'datatype' string")
+        numpy_dtype(datatype)
+        shape = raw.get("shape")
+        _expect(
+            isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape),
+            f"input '{name}' needs a 'shape' list of non-negative integers, got {shape!r}",
+        )
+        shape_t = tuple(shape)
+        params = raw.get("parameters") or {}
+        _expect(isinstance(params, dict), f"parameters of input '{name}' must be an object")
+        size = params.get("binary_data_size")
+        if size is not None:
+            _expect(
+                isinstance(size, int) and size >= 0,
+                f"binary_data_size of input '{name}' must be a non-negative integer",
+            )
+            _expect(
+                offset + size <= len(tail),
+                f"input '{name}' declares binary_data_size {size} but only "
+                f"{len(tail) - offset} bytes of binary data remain",
+            )
+            inputs[name] = tensor_from_buffer(tail[offset : offset + size], datatype, shape_t, name)
+            offset += size
+        else:
+            _expect("data" in raw, f"input '{name}' has neither 'data' nor binary_data_size")
+            inputs[name] = _json_tensor(name, datatype, shape_t, raw["data"])
+        datatypes[name] = datatype
+        if params:
+            input_parameters[name] = {k: v for k, v in params.items() if k != "binary_data_size"}
+    _expect(
+        offset == len(tail),
+        f"binary data is {len(tail)} bytes but the inputs' binary_data_size add up to {offset}",
+    )
+    outputs = None
+    raw_outputs = header.get("outputs")
+    binary_default = bool(parameters.get("binary_data_output", False))
+    if raw_outputs is not None:
+        _expect(isinstance(raw_outputs, list), "'outputs' must be a list")
+        outputs = []
+        for raw in raw_outputs:
+            _expect(isinstance(raw, dict) and isinstance(raw.get("name"), str), "each output needs a 'name'")
+            params = raw.get("parameters") or {}
+            _expect(isinstance(params, dict), f"parameters of output '{raw['name']}' must be an object")
+            binary = bool(params.get("binary_data", binary_default))
+            outputs.append(RequestedOutput(raw["name"], binary, params))
+    request_id = header.get("id", "")
+    _expect(isinstance(request_id, str), "'id' must be a string")
+    return InferRequest(
+        model_name=model_name,
+        model_version=model_version,
+        inputs=inputs,
+        datatypes=datatypes,
+        id=request_id,
+        outputs=outputs,
+        parameters=parameters,
+        input_parameters=input_parameters,
+        binary_output_default=binary_default,
+    )
+
+
+def _json_data(array: np.ndarray, datatype: str) -> Any:
+    flat = array.reshape(-1)
+    if datatype == "BYTES":
+        return [
+            (item.decode("utf-8", errors="replace") if isinstance(item, bytes) else str(item))
+            for item in flat
+        ]
+    if datatype == "FP16" or not flat.flags.c_contiguous:
+        return flat.tolist()
+    return flat
+
+
+def encode_response(
+    response: InferResponse, request: InferRequest
+) -> tuple[bytes, int | None]:
+    """Serialize a response; returns (body, header length or None for pure JSON)."""
+    binary_names: set[str]
+    if request.outputs is not None:
+        binary_names = {o.name for o in request.outputs if o.binary}
+    elif request.binary_output_default:
+        binary_names = set(response.outputs)
+    else:
+        binary_names = set()
+    outputs_json: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    for name, array in response.outputs.items():
+        datatype = response.datatypes[name]
+        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
+        if name in binary_names:
+            blob = tensor_to_bytes(array)
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            entry["data"] = _json_data(array, datatype)
+        outputs_json.append(entry)
+    header: dict[str, Any] = {
+        "model_name": response.model_name,
+        "model_version": response.model_version,
+        "outputs": outputs_json,
+    }
+    if response.id:
+        header["id"] = response.id
+    if response.parameters:
+        header["parameters"] = response.parameters
+    encoded = orjson.dumps(header, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not blobs:
+        return encoded, None
+    return b"".join([encoded, *blobs]), len(encoded)

@@ -1,0 +1,1 @@
+"""The model repository: Triton's directory layout, version policies, hot loading."""

@@ -1,0 +1,119 @@
+"""One ``servegraph serve`` process: REST, gRPC and metrics listeners over one data plane.
+
+Listeners open first (live, not ready), then the repository loads and warms up, then the
+server reports ready. SIGTERM (what a pod gets on a rolling update) flips readiness off at
+once, refuses new work, finishes what is queued and running, and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from servegraph.runtime.config import ServerSettings
+from servegraph.runtime.dataplane import DataPlane
+from servegraph.runtime.metrics import ServerMetrics
+from servegraph.runtime.repository.manager import ModelRepository
+from servegraph.runtime.servers import grpc as grpc_server
+from servegraph.runtime.servers import rest
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Ports:
+    http: int
+    grpc: int
+    metrics: int
+
+
+class Server:
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.metrics = ServerMetrics()
+        self.repository = ModelRepository(
+            Path(settings.model_repository),
+            self.metrics,
+            settings.default_max_queue_size,
+            drain_timeout=settings.exit_timeout_secs,
+        )
+        self.dataplane = DataPlane(self.repository, settings)
+        self.ports: Ports | None = None
+        self._runners: list[web.AppRunner] = []
+        self._sites: list[web.TCPSite] = []
+        self._grpc: object | None = None
+        self._poller: asyncio.Task[None] | None = None
+        self.stopping = asyncio.Event()
+
+    async def _listen(self, app: web.Application, port: int) -> int:
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, self.settings.host, port, backlog=1024)
+        await site.start()
+        self._runners.append(runner)
+        self._sites.append(site)
+        sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
+        return sockets[0].getsockname()[1] if sockets else port
+
+    async def start(self) -> Ports:
+        """Open the listeners, load and warm up every model, then become ready."""
+        s = self.settings
+        http_port = await self._listen(rest.create_app(self.dataplane), s.http_port)
+        metrics_port = await self._listen(rest.create_metrics_app(self.metrics.render), s.metrics_port)
+        server, grpc_port = grpc_server.create_server(self.dataplane, f"{s.host}:{s.grpc_port}")
+        await server.start()
+        self._grpc = server
+        self.ports = Ports(http_port, grpc_port, metrics_port)
+        log.info(
+            "listening: HTTP %s:%d, gRPC %s:%d, metrics %s:%d",
+            s.host, http_port, s.host, grpc_port, s.host, metrics_port,
+        )  # fmt: skip
+        await self.repository.sync()
+        self.dataplane.started = True
+        if s.repository_poll_secs > 0:
+            self._poller = asyncio.get_running_loop().create_task(
+                self.repository.poll(s.repository_poll_secs)
+            )
+        log.info("ready: %s", ", ".join(f"{r['name']}/{r.get('version', '-')}={r['state']}" for r in self.repository.index()))
+        return self.ports
+
+    async def stop(self) -> bool:
+        """Drain and close. Returns False when the exit timeout cut the drain short."""
+        self.dataplane.draining = True
+        timeout = self.settings.exit_timeout_secs
+        log.info("draining (up to %.0f s)", timeout)
+        if self._poller is not None:
+            self._poller.cancel()
+        for site in self._sites:
+            await site.stop()  # no new connections; open ones get 503 from the data plane
+        drained = True
+        try:
+            await asyncio.wait_for(self.repository.close(timeout), timeout + 1)
+        except asyncio.TimeoutError:
+            drained = False
+        if self._grpc is not None:
+            await self._grpc.stop(grace=1.0)  # type: ignore[attr-defined]
+        for runner in self._runners:
+            await runner.cleanup()
+        log.info("stopped%s", "" if drained else " (exit timeout hit with work still running)")
+        return drained
+
+    async def serve(self) -> bool:
+        """Run until SIGTERM/SIGINT, then drain. The CLI's main coroutine."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        starting = loop.create_task(self.start())
+        stop_wait = loop.create_task(self.stopping.wait())
+        done, _ = await asyncio.wait({starting, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        if starting in done:
+            starting.result()
+            await stop_wait
+        else:
+            starting.cancel()
+        return await self.stop()

@@ -1,0 +1,1 @@
+"""Transports: REST (aiohttp) and gRPC (grpc.aio). They never import each other."""

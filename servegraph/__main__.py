@@ -1,0 +1,3 @@
+from servegraph.cli import main
+
+raise SystemExit(main())
