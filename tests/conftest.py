@@ -1,0 +1,196 @@
+"""Shared fixtures: model repositories built in temporary folders, and servers on 127.0.0.1.
+
+Two ways to run a server, both real: ``serve()`` runs one in the test's own event loop on
+ephemeral ports (fast; async tests with tritonclient's aio clients), and
+``ServerProcess`` runs ``servegraph serve`` as a subprocess (signals, sync clients).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from servegraph.runtime.config import ServerSettings
+from servegraph.runtime.server import Ports, Server
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples" / "models"
+DOUBLES = Path(__file__).resolve().parent / "doubles"
+
+
+def add_model(
+    repo: Path,
+    name: str,
+    config: dict[str, Any],
+    source: str | Path,
+    versions: tuple[int, ...] = (1,),
+) -> Path:
+    """Write ``repo/name/config.yaml`` and ``model.py`` (a double's file or inline code)."""
+    model_dir = repo / name
+    model_dir.mkdir(parents=True, exist_ok=True)
+    (model_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    for version in versions:
+        add_version(repo, name, version, source)
+    return model_dir
+
+
+def add_version(repo: Path, name: str, version: int, source: str | Path) -> Path:
+    target = repo / name / str(version)
+    target.mkdir(parents=True, exist_ok=True)
+    if isinstance(source, Path):
+        shutil.copy(source, target / "model.py")
+    else:
+        (target / "model.py").write_text(source)
+    return target
+
+
+def fp32_model_config(max_batch_size: int = 8, dims: list[int] | None = None, **extra: Any) -> dict[str, Any]:
+    dims = dims or [4]
+    return {
+        "backend": "python",
+        "max_batch_size": max_batch_size,
+        "input": [{"name": "INPUT", "data_type": "FP32", "dims": dims}],
+        "output": [{"name": "OUTPUT", "data_type": "FP32", "dims": dims}],
+        **extra,
+    }
+
+
+@contextlib.asynccontextmanager
+async def serve(repo: Path, **settings: Any) -> AsyncIterator[Server]:
+    """A started in-process server on ephemeral 127.0.0.1 ports; drained on exit."""
+    options: dict[str, Any] = {
+        "model_repository": str(repo),
+        "http_port": 0,
+        "grpc_port": 0,
+        "metrics_port": 0,
+        "repository_poll_secs": 0,
+        "exit_timeout_secs": 10,
+    }
+    options.update(settings)
+    server = Server(ServerSettings(**options))
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+def http_url(ports: Ports) -> str:
+    return f"127.0.0.1:{ports.http}"
+
+
+def grpc_url(ports: Ports) -> str:
+    return f"127.0.0.1:{ports.grpc}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
+    """Poll ``predicate`` until true, failing after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def http_status(url: str, method: str = "GET", data: bytes | None = None) -> int:
+    request = urllib.request.Request(url, method=method, data=data)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except OSError:
+        return 0
+
+
+class ServerProcess:
+    """``servegraph serve`` as a child process on free ports (for signal tests and sync clients)."""
+
+    def __init__(self, repo: Path, *args: str) -> None:
+        self.http, self.grpc, self.metrics = free_port(), free_port(), free_port()
+        command = [
+            sys.executable, "-m", "servegraph", "serve",
+            "--model-repository", str(repo),
+            "--http-port", str(self.http),
+            "--grpc-port", str(self.grpc),
+            "--metrics-port", str(self.metrics),
+            *args,
+        ]  # fmt: skip
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+        self.process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.http}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc}"
+
+    def ready(self) -> bool:
+        return http_status(f"http://{self.http_url}/v2/health/ready") == 200
+
+    def wait_ready(self, timeout: float = 60.0) -> ServerProcess:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"server exited early:\n{self.output()}")
+            if self.ready():
+                return self
+            time.sleep(0.05)
+        raise AssertionError(f"server not ready after {timeout} s:\n{self.output()}")
+
+    def output(self) -> str:
+        if self.process.poll() is None:
+            return "(still running)"
+        assert self.process.stdout is not None
+        return self.process.stdout.read().decode(errors="replace")[-4000:]
+
+    def terminate(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
+    def stop(self) -> int:
+        self.terminate()
+        try:
+            return self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+
+@pytest.fixture(scope="session")
+def example_server() -> Iterator[ServerProcess]:
+    """The examples/ repository served by a real ``servegraph serve`` process."""
+    server = ServerProcess(EXAMPLES, "--repository-poll-secs", "0").wait_ready()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    path = tmp_path / "models"
+    path.mkdir()
+    return path

@@ -1,0 +1,1 @@
+"""Model doubles (python-backend model files) that tests copy into temporary repositories."""
