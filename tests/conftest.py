@@ -194,3 +194,40 @@ def repo(tmp_path: Path) -> Path:
     path = tmp_path / "models"
     path.mkdir()
     return path
+
+
+async def eventually(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
+    """Async twin of ``wait_until``: poll without blocking the event loop the server runs in."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class Gate:
+    """Controls tests/doubles/gated.py: the model blocks until ``open()``; ``entered()`` lists
+    the batches it started, as (rows, first values) pairs."""
+
+    def __init__(self, folder: Path) -> None:
+        self.gate = folder / "gate"
+        self.log = folder / "entered"
+        self.log.write_text("")
+
+    def parameters(self) -> dict[str, str]:
+        return {"gate": str(self.gate), "entered": str(self.log)}
+
+    def open(self) -> None:
+        self.gate.write_text("open")
+
+    def entered(self) -> list[tuple[int, list[float]]]:
+        import ast
+
+        rows = []
+        for line in self.log.read_text().splitlines():
+            count, values = line.split(" ", 1)
+            rows.append((int(count), ast.literal_eval(values)))
+        return rows

@@ -1,0 +1,288 @@
+"""Dynamic batching seen from outside: batches form, results stay exact, padding stays
+invisible, queues are bounded, deadlines are honoured, and the batcher survives abuse.
+
+Determinism comes from a gated model double (tests/doubles/gated.py): while it blocks,
+requests pile up in the queue, and the test decides when the batch completes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+import pytest
+import tritonclient.grpc.aio as grpcaio
+import tritonclient.http.aio as httpaio
+from tritonclient.utils import InferenceServerException
+
+from tests.conftest import DOUBLES, Gate, add_model, eventually, fp32_model_config, grpc_url, http_url, serve
+
+
+def _input(module, x: np.ndarray, name: str = "INPUT"):  # type: ignore[no-untyped-def]
+    inp = module.InferInput(name, list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    return inp
+
+
+def gated_repo(repo: Path, tmp_path: Path, **batching: object) -> Gate:
+    gate = Gate(tmp_path)
+    config = fp32_model_config(
+        max_batch_size=batching.pop("max_batch_size", 8),
+        warmup=False,
+        parameters=gate.parameters(),
+        dynamic_batching={"max_queue_delay_microseconds": 1000, **batching},
+    )
+    add_model(repo, "gated", config, DOUBLES / "gated.py")
+    return gate
+
+
+async def test_batches_form_while_the_model_is_busy(repo: Path, tmp_path: Path) -> None:
+    gate = gated_repo(repo, tmp_path)
+    async with serve(repo) as server:
+        client = grpcaio.InferenceServerClient(grpc_url(server.ports))
+        batcher = server.repository.get("gated").batcher
+        assert batcher is not None
+        try:
+            first = asyncio.ensure_future(client.infer("gated", [_input(grpcaio, np.zeros((1, 4), np.float32))]))
+            await eventually(lambda: len(gate.entered()) == 1, what="first batch to start")
+            rest = [
+                asyncio.ensure_future(
+                    client.infer("gated", [_input(grpcaio, np.full((1, 4), i, np.float32))])
+                )
+                for i in range(1, 9)
+            ]
+            await eventually(lambda: batcher.depth == 8, what="8 queued requests")
+            gate.open()
+            results = await asyncio.gather(first, *rest)
+            for i, result in enumerate(results):
+                np.testing.assert_array_equal(result.as_numpy("OUTPUT"), np.full((1, 4), i + 1, np.float32))
+            assert [rows for rows, _ in gate.entered()] == [1, 8]
+            stats = (await client.get_inference_statistics("gated", as_json=True))["model_stats"][0]
+            assert int(stats["execution_count"]) == 2
+            assert int(stats["inference_stats"]["success"]["count"]) == 9
+            assert {int(b["batch_size"]) for b in stats["batch_stats"]} == {1, 8}
+        finally:
+            await client.close()
+
+
+async def test_batched_results_equal_unbatched(repo: Path) -> None:
+    """Many concurrent requests of 1-3 rows: each gets exactly its own rows back."""
+    add_model(repo, "add_sub", {
+        "backend": "python",
+        "max_batch_size": 16,
+        "input": [{"name": "INPUT0", "data_type": "FP32", "dims": [16]},
+                  {"name": "INPUT1", "data_type": "FP32", "dims": [16]}],
+        "output": [{"name": "OUTPUT0", "data_type": "FP32", "dims": [16]},
+                   {"name": "OUTPUT1", "data_type": "FP32", "dims": [16]}],
+        "dynamic_batching": {"max_queue_delay_microseconds": 2000, "scheduler": "fixed_delay"},
+    }, Path(__file__).resolve().parents[2] / "examples/models/add_sub/1/model.py")  # fmt: skip
+    rng = np.random.default_rng(7)
+    async with serve(repo) as server:
+        client = httpaio.InferenceServerClient(http_url(server.ports))
+        try:
+            pairs = [
+                (rng.standard_normal((n, 16)).astype(np.float32), rng.standard_normal((n, 16)).astype(np.float32))
+                for n in rng.integers(1, 4, size=64)
+            ]
+            results = await asyncio.gather(*(
+                client.infer("add_sub", [_input(httpaio, x, "INPUT0"), _input(httpaio, y, "INPUT1")])
+                for x, y in pairs
+            ))  # fmt: skip
+            for (x, y), result in zip(pairs, results):
+                np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), x + y)
+                np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), x - y)
+            stats = (await client.get_inference_statistics("add_sub"))["model_stats"][0]
+            assert stats["execution_count"] < 64, "no batch was formed"
+            assert max(b["batch_size"] for b in stats["batch_stats"]) > 1
+        finally:
+            await client.close()
+
+
+async def test_padding_never_reaches_the_caller(repo: Path) -> None:
+    add_model(repo, "echo", {
+        "backend": "python",
+        "max_batch_size": 8,
+        "input": [{"name": "INPUT", "data_type": "FP32", "dims": [-1]}],
+        "output": [{"name": "OUTPUT", "data_type": "FP32", "dims": [-1]},
+                   {"name": "ROWSUM", "data_type": "FP32", "dims": [1]}],
+        "dynamic_batching": {"max_queue_delay_microseconds": 5000, "scheduler": "fixed_delay"},
+        "shape_buckets": {
+            "batch_sizes": [4, 8],
+            "dims": {"INPUT": {1: [4, 8]}},
+            "output_follows": {"OUTPUT": [{"output_axis": 1, "input": "INPUT", "input_axis": 1}]},
+        },
+    }, DOUBLES / "echo.py")  # fmt: skip
+    rng = np.random.default_rng(3)
+    async with serve(repo) as server:
+        client = grpcaio.InferenceServerClient(grpc_url(server.ports))
+        try:
+            inputs = [rng.standard_normal((1, int(n))).astype(np.float32) for n in rng.integers(1, 9, size=6)]
+            results = await asyncio.gather(*(client.infer("echo", [_input(grpcaio, x)]) for x in inputs))
+            for x, result in zip(inputs, results):
+                np.testing.assert_array_equal(result.as_numpy("OUTPUT"), x)
+                np.testing.assert_allclose(result.as_numpy("ROWSUM"), x.sum(axis=1, keepdims=True), rtol=1e-5)
+            stats = (await client.get_inference_statistics("echo", as_json=True))["model_stats"][0]
+            assert {int(b["batch_size"]) for b in stats["batch_stats"]} <= {4, 8}
+            with pytest.raises(InferenceServerException, match="larger than the largest shape bucket 8"):
+                await client.infer("echo", [_input(grpcaio, np.ones((1, 9), np.float32))])
+        finally:
+            await client.close()
+
+
+async def test_full_queue_rejects_exactly_the_overflow(repo: Path, tmp_path: Path) -> None:
+    gate = gated_repo(repo, tmp_path, max_batch_size=1, max_queue_size=4)
+    async with serve(repo) as server:
+        url = f"http://{http_url(server.ports)}/v2/models/gated/infer"
+        body = {"inputs": [{"name": "INPUT", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}
+        batcher = server.repository.get("gated").batcher
+        assert batcher is not None
+        async with aiohttp.ClientSession() as session:
+            running = asyncio.ensure_future(session.post(url, json=body))
+            await eventually(lambda: len(gate.entered()) == 1, what="the first request to run")
+            queued = [asyncio.ensure_future(session.post(url, json=body)) for _ in range(4)]
+            await eventually(lambda: batcher.depth == 4, what="a full queue")
+            overflow = [await session.post(url, json=body) for _ in range(3)]
+            for response in overflow:
+                assert response.status == 503
+                assert "is full (4 requests)" in (await response.json())["error"]
+                assert int(response.headers["Retry-After"]) >= 1
+                assert int(response.headers["X-Retry-After-Ms"]) >= 1
+            gate.open()
+            for response in await asyncio.gather(running, *queued):
+                assert response.status == 200
+        grpc_client = grpcaio.InferenceServerClient(grpc_url(server.ports))
+        try:
+            result = await grpc_client.infer("gated", [_input(grpcaio, np.ones((1, 4), np.float32))])
+            np.testing.assert_array_equal(result.as_numpy("OUTPUT"), np.full((1, 4), 2, np.float32))
+        finally:
+            await grpc_client.close()
+
+
+async def test_grpc_queue_full_is_unavailable(repo: Path, tmp_path: Path) -> None:
+    gate = gated_repo(repo, tmp_path, max_batch_size=1, max_queue_size=1)
+    async with serve(repo) as server:
+        client = grpcaio.InferenceServerClient(grpc_url(server.ports))
+        batcher = server.repository.get("gated").batcher
+        assert batcher is not None
+        try:
+            x = np.ones((1, 4), np.float32)
+            running = asyncio.ensure_future(client.infer("gated", [_input(grpcaio, x)]))
+            await eventually(lambda: len(gate.entered()) == 1, what="the first request to run")
+            queued = asyncio.ensure_future(client.infer("gated", [_input(grpcaio, x)]))
+            await eventually(lambda: batcher.depth == 1, what="a full queue")
+            with pytest.raises(InferenceServerException) as info:
+                await client.infer("gated", [_input(grpcaio, x)])
+            assert info.value.status() == "StatusCode.UNAVAILABLE"
+            assert "is full" in info.value.message()
+            gate.open()
+            await asyncio.gather(running, queued)
+        finally:
+            await client.close()
+
+
+async def test_expired_requests_are_never_run(repo: Path, tmp_path: Path) -> None:
+    gate = gated_repo(repo, tmp_path, max_batch_size=1)
+    async with serve(repo) as server:
+        base = f"http://{http_url(server.ports)}/v2/models/gated/infer"
+        batcher = server.repository.get("gated").batcher
+        assert batcher is not None
+
+        def body(value: float) -> dict[str, object]:
+            return {"inputs": [{"name": "INPUT", "datatype": "FP32", "shape": [1, 4], "data": [value] * 4}]}
+
+        grpc_client = grpcaio.InferenceServerClient(grpc_url(server.ports))
+        async with aiohttp.ClientSession() as session:
+            running = asyncio.ensure_future(session.post(base, json=body(1)))
+            await eventually(lambda: len(gate.entered()) == 1, what="the first request to run")
+            # HTTP header deadline, Triton's timeout parameter, and a gRPC deadline.
+            late = await session.post(base, json=body(2), headers={"X-Request-Timeout-Ms": "30"})
+            assert late.status == 504
+            assert "timed out" in (await late.json())["error"]
+            with_param = dict(body(3), parameters={"timeout": 30_000})
+            late = await session.post(base, json=with_param)
+            assert late.status == 504
+            with pytest.raises(InferenceServerException) as info:
+                await grpc_client.infer("gated", [_input(grpcaio, np.full((1, 4), 4, np.float32))], client_timeout=0.05)
+            assert info.value.status() == "StatusCode.DEADLINE_EXCEEDED"
+            await eventually(lambda: batcher.depth == 0, what="the expired gRPC request to leave the queue")
+            gate.open()
+            assert (await running).status == 200
+            ok = await session.post(base, json=body(5))
+            assert ok.status == 200
+        await grpc_client.close()
+        first_values = [values[0] for _, values in gate.entered()]
+        assert first_values == [1.0, 5.0], "an expired request reached the model"
+        stats = server.dataplane.model_statistics("gated", "1")[0]
+        assert stats["inference_stats"]["fail"]["count"] == 3
+
+
+async def test_queue_policy_default_timeout(repo: Path, tmp_path: Path) -> None:
+    gate = gated_repo(
+        repo, tmp_path, max_batch_size=1, default_queue_policy={"default_timeout_microseconds": 20_000}
+    )
+    async with serve(repo) as server:
+        client = httpaio.InferenceServerClient(http_url(server.ports))
+        try:
+            x = np.ones((1, 4), np.float32)
+            running = asyncio.ensure_future(client.infer("gated", [_input(httpaio, x)]))
+            await eventually(lambda: len(gate.entered()) == 1, what="the first request to run")
+            with pytest.raises(InferenceServerException, match="timed out"):
+                await client.infer("gated", [_input(httpaio, x)])
+            gate.open()
+            await running
+        finally:
+            await client.close()
+
+
+async def test_instances_run_batches_concurrently(repo: Path, tmp_path: Path) -> None:
+    gate = gated_repo(repo, tmp_path, max_batch_size=1)
+    config_file = repo / "gated" / "config.yaml"
+    config_file.write_text(config_file.read_text() + "instance_group:\n- count: 2\n")
+    async with serve(repo) as server:
+        client = grpcaio.InferenceServerClient(grpc_url(server.ports))
+        try:
+            x = np.ones((1, 4), np.float32)
+            calls = [asyncio.ensure_future(client.infer("gated", [_input(grpcaio, x)])) for _ in range(3)]
+            await eventually(lambda: len(gate.entered()) == 2, what="two batches in flight at once")
+            assert server.repository.get("gated").batcher.depth == 1  # type: ignore[union-attr]
+            gate.open()
+            await asyncio.gather(*calls)
+        finally:
+            await client.close()
+
+
+async def test_random_cancellations_leave_the_batcher_clean(repo: Path) -> None:
+    """Ray #50046 / #41057: cancelled callers must never break the loop or leak queue slots."""
+    add_model(repo, "echo", {
+        "backend": "python",
+        "max_batch_size": 8,
+        "input": [{"name": "INPUT", "data_type": "FP32", "dims": [4]}],
+        "output": [{"name": "OUTPUT", "data_type": "FP32", "dims": [4]},
+                   {"name": "ROWSUM", "data_type": "FP32", "dims": [1]}],
+        "dynamic_batching": {"max_queue_delay_microseconds": 200},
+    }, DOUBLES / "echo.py")  # fmt: skip
+    async with serve(repo) as server:
+        model = server.repository.get("echo")
+        batcher = model.batcher
+        assert batcher is not None
+        chooser = random.Random(11)
+        for round_ in range(50):
+            calls = [
+                asyncio.ensure_future(batcher.infer({"INPUT": np.full((1, 4), i, np.float32)}, None))
+                for i in range(20)
+            ]
+            await asyncio.sleep(0)  # let some of them queue before the cancellations land
+            for call in calls:
+                if chooser.random() < 0.5:
+                    call.cancel()
+            done = await asyncio.gather(*calls, return_exceptions=True)
+            for i, outcome in enumerate(done):
+                if not isinstance(outcome, BaseException):
+                    np.testing.assert_array_equal(outcome["OUTPUT"], np.full((1, 4), i, np.float32))
+        await eventually(lambda: batcher.depth == 0, what="an empty queue")
+        assert batcher.alive
+        result = await batcher.infer({"INPUT": np.ones((1, 4), np.float32)}, None)
+        np.testing.assert_array_equal(result["OUTPUT"], np.ones((1, 4), np.float32))
