@@ -150,11 +150,15 @@ class ServedModel:
         )
         self.batcher.start()
 
-    async def close(self, timeout: float | None = None) -> None:
+    async def close(self, timeout: float | None = None) -> bool:
+        """Drain the batcher, then unload; False if the drain hit ``timeout``."""
+        drained = True
         if self.batcher is not None:
-            await self.batcher.close(timeout)
-        for instance in self.instances:
-            instance.unload()
+            drained = await self.batcher.close(timeout)
+        if drained:
+            for instance in self.instances:
+                instance.unload()
+        return drained
 
     @property
     def platform(self) -> str:

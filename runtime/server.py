@@ -51,7 +51,7 @@ class Server:
         self.stopping = asyncio.Event()
 
     async def _listen(self, app: web.Application, port: int) -> int:
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
         await runner.setup()
         site = web.TCPSite(runner, self.settings.host, port, backlog=1024)
         await site.start()
@@ -91,9 +91,8 @@ class Server:
             self._poller.cancel()
         for site in self._sites:
             await site.stop()  # no new connections; open ones get 503 from the data plane
-        drained = True
         try:
-            await asyncio.wait_for(self.repository.close(timeout), timeout + 1)
+            drained = await asyncio.wait_for(self.repository.close(timeout), timeout + 1)
         except asyncio.TimeoutError:
             drained = False
         if self._grpc is not None:

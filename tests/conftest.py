@@ -138,6 +138,7 @@ class ServerProcess:
         ]  # fmt: skip
         env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
         self.process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self._output: str | None = None
 
     @property
     def http_url(self) -> str:
@@ -163,8 +164,11 @@ class ServerProcess:
     def output(self) -> str:
         if self.process.poll() is None:
             return "(still running)"
-        assert self.process.stdout is not None
-        return self.process.stdout.read().decode(errors="replace")[-4000:]
+        if self._output is None:
+            assert self.process.stdout is not None
+            self._output = self.process.stdout.read().decode(errors="replace")[-4000:]
+            self.process.stdout.close()
+        return self._output
 
     def terminate(self) -> None:
         if self.process.poll() is None:
@@ -173,10 +177,12 @@ class ServerProcess:
     def stop(self) -> int:
         self.terminate()
         try:
-            return self.process.wait(timeout=30)
+            code = self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.process.kill()
-            return self.process.wait()
+            code = self.process.wait()
+        self.output()
+        return code
 
 
 @pytest.fixture(scope="session")

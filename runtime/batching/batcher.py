@@ -100,6 +100,7 @@ class DynamicBatcher:
         self._seq = 0
         self._deadlined = 0
         self._inflight = 0
+        self._running_items: dict[int, list[_Pending]] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -149,17 +150,29 @@ class DynamicBatcher:
         rate = self._drain_rate or 1.0 / max(self.curve.cost(1), 1e-3)
         return max(0.001, (len(self._pending) + 1) / rate)
 
-    async def close(self, timeout: float | None = None) -> None:
-        """Stop taking requests, finish what is queued and running, then stop the loop."""
+    async def close(self, timeout: float | None = None) -> bool:
+        """Stop taking requests, finish what is queued and running, then stop the loop.
+
+        Returns False when ``timeout`` cut the drain short: whoever still waited then got
+        an UNAVAILABLE answer, never silence.
+        """
         self._closing = True
         self._wake.set()
+        finished = True
         if self._task is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), timeout)
             except asyncio.TimeoutError:
+                finished = False
                 self._task.cancel()
-                self._fail_all(ModelNotReady(f"model '{self.model}' was unloaded"))
+                error = ModelNotReady(
+                    f"model '{self.model}' was unloaded before it answered (drain timeout)"
+                )
+                self._fail_all(error)
+                for batch in self._running_items.values():
+                    self._fail(batch, error)
         self._executor.shutdown(wait=False, cancel_futures=True)
+        return finished
 
     # --------------------------------------------------------------- internals
     def _make_pending(
@@ -294,10 +307,12 @@ class DynamicBatcher:
 
     def _launch(self, batch: list[_Pending], instance: LoadedModel) -> None:
         self._inflight += 1
+        self._running_items[id(batch)] = batch
         asyncio.get_running_loop().create_task(self._execute(batch, instance))
 
     async def _execute(self, batch: list[_Pending], instance: LoadedModel) -> None:
         loop = asyncio.get_running_loop()
+        key = id(batch)
         try:
             batch = [p for p in batch if not p.future.done()]
             if not batch:
@@ -314,6 +329,7 @@ class DynamicBatcher:
                 return
             self._complete(batch, results, batch_rows, timings)
         finally:
+            self._running_items.pop(key, None)
             self._free.append(instance)
             self._inflight -= 1
             self._wake.set()

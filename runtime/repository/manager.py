@@ -89,7 +89,8 @@ class ModelRepository:
         ready = [v for v in entry.versions.values() if v.state is State.READY and v.served]
         if not ready:
             reason = entry.error or ", ".join(
-                f"version {v.version} {v.state.value}" for v in entry.versions.values()
+                f"version {v.version} {v.state.value}" + (f" ({v.reason})" if v.reason else "")
+                for v in entry.versions.values()
             )
             raise ModelNotReady(f"model '{name}' has no ready version" + (f": {reason}" if reason else ""))
         served = max(ready, key=lambda v: v.version).served
@@ -170,15 +171,20 @@ class ModelRepository:
         wanted = select_versions(config.version_policy, list(model_dir.versions))
         if not wanted:
             entry.error = f"no version directory matches the version policy ({sorted(model_dir.versions)} on disk)"
-        for version in list(entry.versions):
-            if version not in wanted:
-                await self._retire_version(entry, version)
         for version in wanted:
             fingerprint = (model_dir.config_mtime, model_dir.versions[version])
             current = entry.versions.get(version)
             if current is not None and current.fingerprint == fingerprint:
                 continue
             await self._load_version(entry, config, version, model_dir.path / str(version), fingerprint)
+        # Availability first (TF Serving's policy): old versions leave only once a wanted
+        # version serves, so a broken new version never takes the model down.
+        new_ready = any(
+            entry.versions[v].state is State.READY for v in wanted if v in entry.versions
+        )
+        for version in list(entry.versions):
+            if version not in wanted and (new_ready or version not in model_dir.versions):
+                await self._retire_version(entry, version)
 
     async def _load_version(
         self,
@@ -226,12 +232,13 @@ class ModelRepository:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def close(self, timeout: float) -> None:
-        """Drain and unload every model (SIGTERM path)."""
+    async def close(self, timeout: float) -> bool:
+        """Drain and unload every model (SIGTERM path); False if any drain timed out."""
         closing = [
             ve.served.close(timeout)
             for entry in self.models.values()
             for ve in entry.versions.values()
             if ve.served is not None
         ]
-        await asyncio.gather(*closing, *self._background, return_exceptions=True)
+        results = await asyncio.gather(*closing, *self._background, return_exceptions=True)
+        return all(result is True or result is None for result in results)

@@ -1,0 +1,83 @@
+"""SIGTERM, as a pod gets on a rolling update: readiness drops at once, new work is refused,
+queued and running requests all finish, and the process exits 0; a model stuck past the
+exit timeout cannot keep the process alive."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from tests.conftest import DOUBLES, Gate, ServerProcess, add_model, fp32_model_config, http_status, wait_until
+
+
+def _infer(server: ServerProcess, value: float) -> tuple[int, list[float]]:
+    body = {"inputs": [{"name": "INPUT", "datatype": "FP32", "shape": [1, 4], "data": [value] * 4}]}
+    request = urllib.request.Request(
+        f"http://{server.http_url}/v2/models/gated/infer", data=json.dumps(body).encode(), method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())["outputs"][0]["data"]
+    except urllib.error.HTTPError as exc:
+        return exc.code, []
+
+
+def _queue_depth(server: ServerProcess) -> float:
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics}/metrics", timeout=5).read().decode()
+    except OSError:
+        return -1
+    for line in text.splitlines():
+        if line.startswith("servegraph_queue_depth{"):
+            return float(line.rsplit(" ", 1)[1])
+    return -1
+
+
+def _gated_server(repo: Path, tmp_path: Path, *args: str) -> tuple[ServerProcess, Gate]:
+    gate = Gate(tmp_path)
+    config = fp32_model_config(
+        max_batch_size=1, warmup=False, parameters=gate.parameters(), dynamic_batching={}
+    )
+    add_model(repo, "gated", config, DOUBLES / "gated.py")
+    return ServerProcess(repo, "--repository-poll-secs", "0", *args).wait_ready(), gate
+
+
+def test_sigterm_drains_every_request_in_flight(repo: Path, tmp_path: Path) -> None:
+    server, gate = _gated_server(repo, tmp_path)
+    try:
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            calls = [pool.submit(_infer, server, float(i)) for i in range(6)]
+            wait_until(lambda: len(gate.entered()) == 1, what="one running request")
+            wait_until(lambda: _queue_depth(server) == 5, what="five queued requests")
+            server.terminate()
+            wait_until(lambda: http_status(f"http://{server.http_url}/v2/health/ready") != 200, what="not ready")
+            assert server.process.poll() is None, "the server must wait for its queue"
+            gate.open()
+            results = [call.result(timeout=60) for call in calls]
+        assert [status for status, _ in results] == [200] * 6
+        assert [data[0] for _, data in results] == [i + 1.0 for i in range(6)]
+        assert server.process.wait(timeout=30) == 0, server.output()
+    finally:
+        server.stop()
+
+
+def test_sigterm_exits_at_the_timeout_when_a_model_is_stuck(repo: Path, tmp_path: Path) -> None:
+    server, gate = _gated_server(repo, tmp_path, "--exit-timeout-secs", "1")
+    try:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            call = pool.submit(_infer, server, 1.0)
+            wait_until(lambda: len(gate.entered()) == 1, what="the stuck request")
+            server.terminate()
+            try:
+                code = server.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                raise AssertionError("a stuck model kept the server alive past its exit timeout") from None
+            assert code == 1
+            status, _ = call.result(timeout=30)
+            assert status != 200
+    finally:
+        gate.open()
+        server.stop()
