@@ -17,7 +17,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 LAYERS = [
     ["servegraph.runtime.protocol"],
-    ["servegraph.runtime.config", "servegraph.runtime.stats", "servegraph.runtime.metrics"],
+    [
+        "servegraph.runtime.config",
+        "servegraph.runtime.graph.config",
+        "servegraph.runtime.stats",
+        "servegraph.runtime.metrics",
+    ],
     ["servegraph.runtime.batching", "servegraph.runtime.backends"],
     ["servegraph.runtime.model"],
     ["servegraph.runtime.repository"],
