@@ -13,8 +13,15 @@ from servegraph.runtime.server import Server
 
 
 def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = subparsers.add_parser("serve", help="serve every model in a model repository over v2 HTTP and gRPC")
-    p.add_argument("--model-repository", required=True, help="directory of <model>/<version>/ folders")
+    p = subparsers.add_parser(
+        "serve", help="serve every model in a model repository (or one graph node) over v2 HTTP and gRPC"
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model-repository", help="directory of <model>/<version>/ folders")
+    source.add_argument(
+        "--node-config", help="a graph node's config (YAML or JSON NodeConfig): serve a router, combiner or transformer"
+    )
+    p.add_argument("--child-poll-secs", type=float, default=1.0, help="node mode: how often children's readiness is checked")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--http-port", type=int, default=8000)
     p.add_argument("--grpc-port", type=int, default=8001)
@@ -35,7 +42,9 @@ def run_serve(args: argparse.Namespace) -> int:
         stream=sys.stderr,
     )
     settings = ServerSettings(
-        model_repository=args.model_repository,
+        model_repository=args.model_repository or "",
+        node_config=args.node_config or "",
+        child_poll_secs=args.child_poll_secs,
         host=args.host,
         http_port=args.http_port,
         grpc_port=args.grpc_port,
@@ -52,7 +61,12 @@ def run_serve(args: argparse.Namespace) -> int:
         runner = uvloop.run
     except ImportError:  # uvloop is optional (not on Windows)
         runner = asyncio.run
-    drained = runner(Server(settings).serve())
+    try:
+        server = Server(settings)
+    except ValueError as exc:  # a node config that cannot work: say why, no traceback
+        print(f"servegraph serve: {exc}", file=sys.stderr)
+        return 2
+    drained = runner(server.serve())
     sys.stdout.flush()
     # Model threads stuck past the exit timeout must not keep the process alive.
     os._exit(0 if drained else 1)

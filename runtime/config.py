@@ -201,7 +201,13 @@ class ModelConfig(_Strict):
 class ServerSettings(BaseModel):
     """Everything ``servegraph serve`` is told on its command line."""
 
-    model_repository: str
+    model_repository: str = Field("", description="Folder of models to serve (model mode).")
+    node_config: str = Field(
+        "", description="A graph node's NodeConfig file (node mode, instead of a model repository)."
+    )
+    child_poll_secs: float = Field(
+        1.0, gt=0, description="Node mode: how often the children's readiness is checked."
+    )
     host: str = "127.0.0.1"
     http_port: int = Field(8000, ge=0, le=65535)
     grpc_port: int = Field(8001, ge=0, le=65535)

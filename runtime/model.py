@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -167,6 +168,22 @@ class ServedModel:
     def signature_shape(self, tensor: TensorConfig) -> list[int]:
         return ([-1] if self.config.max_batch_size > 0 else []) + list(tensor.dims)
 
+    def tensor_metadata(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Inputs and outputs as v2 metadata entries (the batch dim included as -1)."""
+        return (
+            [{"name": t.name, "datatype": t.data_type, "shape": self.signature_shape(t)} for t in self.config.input],
+            [{"name": t.name, "datatype": t.data_type, "shape": self.signature_shape(t)} for t in self.config.output],
+        )
+
+    def is_ready(self) -> bool:
+        """A version is handed out only once loaded and warmed up."""
+        return True
+
+    @property
+    def allows_timeout_override(self) -> bool:
+        batching = self.config.dynamic_batching
+        return batching is None or batching.default_queue_policy.allow_timeout_override
+
     def check_request(self, request: InferRequest) -> None:
         """400 for any input or output that does not fit the model's signature."""
         model = self.name
@@ -199,6 +216,12 @@ class ServedModel:
             if self.config.max_batch_size > 0:
                 if shape[0] < 1:
                     raise InvalidInput(f"input '{name}' for model '{model}' has an empty batch")
+                if shape[0] > self.config.max_batch_size:
+                    # Here, before queueing, so the message can name the input (Triton's wording).
+                    raise InvalidInput(
+                        f"inference request batch-size must be <= {self.config.max_batch_size} "
+                        f"for model '{model}', got {shape[0]} for input '{name}'"
+                    )
                 if batch is None:
                     batch = shape[0]
                 elif shape[0] != batch:

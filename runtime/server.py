@@ -17,8 +17,10 @@ from aiohttp import web
 
 from servegraph.runtime.config import ServerSettings
 from servegraph.runtime.dataplane import DataPlane
+from servegraph.runtime.graph.config import NodeConfig
 from servegraph.runtime.metrics import ServerMetrics
 from servegraph.runtime.repository.manager import ModelRepository
+from servegraph.runtime.servable import ModelSource
 from servegraph.runtime.servers import grpc as grpc_server
 from servegraph.runtime.servers import rest
 
@@ -33,15 +35,12 @@ class Ports:
 
 
 class Server:
-    def __init__(self, settings: ServerSettings) -> None:
+    def __init__(self, settings: ServerSettings, node: NodeConfig | None = None) -> None:
+        """Model mode (``settings.model_repository``) or node mode (``node``, else the
+        ``settings.node_config`` file): one graph node served under its model name."""
         self.settings = settings
         self.metrics = ServerMetrics()
-        self.repository = ModelRepository(
-            Path(settings.model_repository),
-            self.metrics,
-            settings.default_max_queue_size,
-            drain_timeout=settings.exit_timeout_secs,
-        )
+        self.repository = self._model_source(settings, node)
         self.dataplane = DataPlane(self.repository, settings)
         self.ports: Ports | None = None
         self._runners: list[web.AppRunner] = []
@@ -49,6 +48,28 @@ class Server:
         self._grpc: object | None = None
         self._poller: asyncio.Task[None] | None = None
         self.stopping = asyncio.Event()
+
+    def _model_source(self, settings: ServerSettings, node: NodeConfig | None) -> ModelSource:
+        if node is None and not settings.node_config:
+            if not settings.model_repository:
+                raise ValueError("servegraph serve needs a model repository or a node config")
+            return ModelRepository(
+                Path(settings.model_repository),
+                self.metrics,
+                settings.default_max_queue_size,
+                drain_timeout=settings.exit_timeout_secs,
+            )
+        if settings.model_repository:
+            raise ValueError("servegraph serve takes a model repository or a node config, not both")
+        # Imported here: the graph roles pull in scipy and tritonclient's aio client, which a
+        # model server never needs.
+        from servegraph.runtime.graph.hosting import NodeHost, build_node, load_node_config
+
+        base_dir = None
+        if node is None:
+            path = Path(settings.node_config)
+            node, base_dir = load_node_config(path), path.resolve().parent
+        return NodeHost(build_node(node, self.metrics, base_dir=base_dir, poll_interval=settings.child_poll_secs))
 
     async def _listen(self, app: web.Application, port: int) -> int:
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)

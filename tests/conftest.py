@@ -237,3 +237,106 @@ class Gate:
             count, values = line.split(" ", 1)
             rows.append((int(count), ast.literal_eval(values)))
         return rows
+
+
+# ------------------------------------------------------------- error-path helpers
+# Shared by tests/runtime/test_errors.py and test_fuzz.py: raw HTTP (so bodies can be
+# malformed on purpose) and the "then a valid request still succeeds" check of Triton's
+# L0_large_payload pattern.
+
+ADD_SUB_ONES = {
+    "inputs": [
+        {"name": "INPUT0", "datatype": "FP32", "shape": [1, 16], "data": [1.0] * 16},
+        {"name": "INPUT1", "datatype": "FP32", "shape": [1, 16], "data": [1.0] * 16},
+    ]
+}
+"""A small valid add_sub request: OUTPUT0 = 2, OUTPUT1 = 0 everywhere."""
+
+
+class HttpReply:
+    """Status, lower-cased headers and body of one HTTP answer."""
+
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    def __repr__(self) -> str:
+        return f"HttpReply({self.status}, {self.body[:300]!r})"
+
+    def error(self) -> str:
+        """The message of an error reply, checking the body is exactly ``{"error": str}``."""
+        import json
+
+        assert self.headers.get("content-type", "").startswith("application/json"), self.headers
+        payload = json.loads(self.body)
+        assert isinstance(payload, dict) and set(payload) == {"error"}, payload
+        assert isinstance(payload["error"], str), payload
+        return payload["error"]
+
+
+def http_request(
+    address: str, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+) -> HttpReply:
+    """Send raw bytes with ``http.client`` (no client-side checks); a hang fails at 30 s."""
+    import http.client
+
+    host, port = address.rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return HttpReply(response.status, {k.lower(): v for k, v in response.getheaders()}, response.read())
+    finally:
+        connection.close()
+
+
+def assert_still_serves(server: ServerProcess) -> None:
+    """A small valid add_sub request succeeds over HTTP and over gRPC (end of every negative test)."""
+    import json
+
+    import grpc
+    from tritonclient.grpc import service_pb2 as pb
+    from tritonclient.grpc import service_pb2_grpc
+
+    reply = http_request(server.http_url, "POST", "/v2/models/add_sub/infer", json.dumps(ADD_SUB_ONES).encode())
+    assert reply.status == 200, reply
+    outputs = {o["name"]: o["data"] for o in json.loads(reply.body)["outputs"]}
+    assert outputs == {"OUTPUT0": [2.0] * 16, "OUTPUT1": [0.0] * 16}
+    request = pb.ModelInferRequest(model_name="add_sub")
+    for name in ("INPUT0", "INPUT1"):
+        request.inputs.add(name=name, datatype="FP32", shape=[1, 16]).contents.fp32_contents.extend([1.0] * 16)
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        response = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
+    assert [o.name for o in response.outputs] == ["OUTPUT0", "OUTPUT1"]
+    assert response.raw_output_contents[0] == b"\x00\x00\x00\x40" * 16  # 2.0f little-endian
+
+
+# ------------------------------------------------------------------ graph nodes
+
+
+@contextlib.asynccontextmanager
+async def serve_node(node: Any, **settings: Any) -> AsyncIterator[Server]:
+    """A graph node (router, combiner or transformer) served in-process on ephemeral ports.
+
+    ``node`` is a NodeConfig or its dict; children are polled every 50 ms so readiness
+    follows them quickly.
+    """
+    from servegraph.runtime.graph.config import NodeConfig
+
+    options: dict[str, Any] = {
+        "http_port": 0,
+        "grpc_port": 0,
+        "metrics_port": 0,
+        "repository_poll_secs": 0,
+        "exit_timeout_secs": 10,
+        "child_poll_secs": 0.05,
+    }
+    options.update(settings)
+    config = node if isinstance(node, NodeConfig) else NodeConfig.model_validate(node)
+    server = Server(ServerSettings(**options), node=config)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()

@@ -28,13 +28,22 @@ V2_TO_NUMPY: dict[str, np.dtype] = {
 _NUMPY_TO_V2: dict[np.dtype, str] = {v: k for k, v in V2_TO_NUMPY.items()}
 
 
-def numpy_dtype(datatype: str) -> np.dtype:
-    """The numpy dtype for a v2 datatype name, or a 400 naming the unknown type."""
+def describe_input(name: str, model: str = "") -> str:
+    """How error messages name a tensor: "input 'X' for model 'm'" (Triton's wording)."""
+    return f"input '{name}' for model '{model}'" if model else f"input '{name}'"
+
+
+def numpy_dtype(datatype: str, where: str = "") -> np.dtype:
+    """The numpy dtype for a v2 datatype name, or a 400 naming the unknown type.
+
+    ``where`` (from ``describe_input``) says which tensor asked, so the caller can fix it.
+    """
     try:
         return V2_TO_NUMPY[datatype]
     except KeyError:
+        of = f" of {where}" if where else ""
         raise InvalidInput(
-            f"unsupported datatype '{datatype}'; expected one of {', '.join(V2_TO_NUMPY)}"
+            f"unsupported datatype '{datatype}'{of}; expected one of {', '.join(V2_TO_NUMPY)}"
         ) from None
 
 
@@ -48,39 +57,51 @@ def v2_datatype(dtype: np.dtype) -> str:
         raise InvalidInput(f"numpy dtype {dtype} has no Open Inference Protocol datatype") from None
 
 
-def element_count(shape: tuple[int, ...] | list[int]) -> int:
+MAX_ELEMENTS = 1 << 40
+"""Refuse shapes above this many elements before anything is allocated or multiplied on."""
+
+
+def element_count(shape: tuple[int, ...] | list[int], where: str = "") -> int:
     """prod(shape), refusing negative dims and absurd sizes instead of overflowing."""
+    of = f" of {where}" if where else ""
+    for dim in shape:
+        if not isinstance(dim, int) or isinstance(dim, bool) or dim < 0:
+            raise InvalidInput(f"shape {list(shape)}{of} has an invalid dimension {dim!r}")
     count = 1
     for dim in shape:
-        if not isinstance(dim, int) or dim < 0:
-            raise InvalidInput(f"shape {list(shape)} has an invalid dimension {dim!r}")
-        count *= dim
-        if count > 1 << 40:
-            raise InvalidInput(f"shape {list(shape)} is too large")
-    return count
+        # Zero dims are skipped, not multiplied: numpy still refuses [0, 2**40, 2**40] as too
+        # big, so an empty tensor must have sane dims too. Stopping early also keeps a hostile
+        # shape from costing bignum arithmetic.
+        count *= max(dim, 1)
+        if count > MAX_ELEMENTS:
+            raise InvalidInput(f"shape {list(shape)}{of} is too large: over {MAX_ELEMENTS} elements")
+    return 0 if 0 in shape else count
 
 
-def deserialize_bytes(buffer: bytes | memoryview, count: int, name: str) -> np.ndarray:
+def deserialize_bytes(buffer: bytes | memoryview, count: int, name: str, model: str = "") -> np.ndarray:
     """Decode ``count`` length-prefixed (uint32 LE) elements of a BYTES tensor."""
+    where = f"BYTES {describe_input(name, model)}"
     view = memoryview(buffer)
+    total = len(view)
+    if count * 4 > total:
+        # Every element has a 4-byte length prefix: refuse before allocating ``count`` slots.
+        raise InvalidInput(
+            f"{where} is truncated: expected at least {count * 4} bytes for {count} "
+            f"elements, got {total}"
+        )
     out = np.empty(count, dtype=np.object_)
     offset = 0
-    total = len(view)
     for i in range(count):
         if offset + 4 > total:
-            raise InvalidInput(
-                f"BYTES input '{name}' is truncated: expected {count} elements, found {i}"
-            )
+            raise InvalidInput(f"{where} is truncated: expected {count} elements, found {i}")
         (length,) = struct.unpack_from("<I", view, offset)
         offset += 4
         if offset + length > total:
-            raise InvalidInput(f"BYTES input '{name}' element {i} runs past the end of the data")
+            raise InvalidInput(f"{where} element {i} runs past the end of the data")
         out[i] = bytes(view[offset : offset + length])
         offset += length
     if offset != total:
-        raise InvalidInput(
-            f"BYTES input '{name}' has {total - offset} trailing bytes after {count} elements"
-        )
+        raise InvalidInput(f"{where} has {total - offset} trailing bytes after {count} elements")
     return out
 
 
@@ -95,17 +116,18 @@ def serialize_bytes(array: np.ndarray) -> bytes:
 
 
 def tensor_from_buffer(
-    buffer: bytes | memoryview, datatype: str, shape: tuple[int, ...], name: str
+    buffer: bytes | memoryview, datatype: str, shape: tuple[int, ...], name: str, model: str = ""
 ) -> np.ndarray:
     """Wrap raw little-endian tensor bytes without copying; check the byte size exactly."""
-    count = element_count(shape)
+    where = describe_input(name, model)
+    count = element_count(shape, where)
     if datatype == "BYTES":
-        return deserialize_bytes(buffer, count, name).reshape(shape)
-    dtype = numpy_dtype(datatype)
+        return deserialize_bytes(buffer, count, name, model).reshape(shape)
+    dtype = numpy_dtype(datatype, where)
     expected = count * dtype.itemsize
     if len(buffer) != expected:
         raise InvalidInput(
-            f"input byte size mismatch for input '{name}': expected {expected} bytes "
+            f"input byte size mismatch for {where}: expected {expected} bytes "
             f"for shape {list(shape)} of {datatype}, got {len(buffer)}"
         )
     return np.frombuffer(buffer, dtype=dtype).reshape(shape)

@@ -86,6 +86,38 @@ class Unsupported(ServegraphError):
     grpc_status = grpc.StatusCode.UNIMPLEMENTED
 
 
+class ChildCallError(Exception):
+    """Mixin of the errors a graph node raises for one child's call; ``child`` names it.
+
+    Not a ServegraphError itself: each concrete class below also subclasses the error whose
+    HTTP/gRPC pair it answers with, so the table holds without new codes.
+    """
+
+    def __init__(self, message: str, child: str = "") -> None:
+        super().__init__(message)
+        self.child = child
+
+
+class ChildUnavailable(ChildCallError, ModelNotReady):
+    """A graph node's child is down, not ready, unknown to its server, or refusing work."""
+
+
+class ChildDeadlineExceeded(ChildCallError, DeadlineExceeded):
+    """The caller's deadline passed while (or before) a graph node waited on a child."""
+
+
+class ChildRejected(ChildCallError, InvalidInput):
+    """A child refused the request as malformed: the caller's fault, passed on as such."""
+
+
+class ChildFailed(ChildCallError, ModelError):
+    """A child failed (its model raised, or it answered something unusable)."""
+
+
+class UnknownRequestId(ModelNotFound):
+    """Feedback names a request id the router does not remember (never seen, or forgotten)."""
+
+
 ERROR_TABLE: dict[type[ServegraphError], tuple[int, grpc.StatusCode]] = {
     cls: (cls.http_status, cls.grpc_status)
     for cls in (
@@ -98,6 +130,11 @@ ERROR_TABLE: dict[type[ServegraphError], tuple[int, grpc.StatusCode]] = {
         PayloadTooLarge,
         ModelError,
         Unsupported,
+        ChildUnavailable,
+        ChildDeadlineExceeded,
+        ChildRejected,
+        ChildFailed,
+        UnknownRequestId,
     )
 }
 """(HTTP status, gRPC code) for every error class; tests walk this table."""

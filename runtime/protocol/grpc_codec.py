@@ -2,7 +2,8 @@
 
 Inputs come either as ``raw_input_contents`` (one bytes blob per input, wrapped without a
 copy) or as typed ``contents``; outputs always go back as ``raw_output_contents``, which is
-what tritonclient and Triton use.
+what tritonclient and Triton use. A request carrying the parameter
+``servegraph.feedback_id`` may have no inputs: it is a reward for a graph node.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 
 from servegraph.runtime.protocol.datatypes import (
+    describe_input,
     element_count,
     numpy_dtype,
     tensor_from_buffer,
     tensor_to_bytes,
 )
 from servegraph.runtime.protocol.errors import InvalidInput
+from servegraph.runtime.protocol.parameters import FEEDBACK_ID
 from servegraph.runtime.protocol.types import InferRequest, InferResponse, RequestedOutput
 
 _CONTENTS_FIELD = {
@@ -59,35 +62,41 @@ def fill_parameters(target: Any, params: dict[str, Any]) -> None:
             target[key].string_param = str(value)
 
 
-def _typed_contents(tensor: Any, shape: tuple[int, ...]) -> np.ndarray:
-    name, datatype = tensor.name, tensor.datatype
+def _typed_contents(tensor: Any, shape: tuple[int, ...], where: str) -> np.ndarray:
+    datatype = tensor.datatype
     field = _CONTENTS_FIELD.get(datatype)
     if field is None:
-        raise InvalidInput(f"input '{name}' of datatype {datatype} must be sent in raw_input_contents")
+        raise InvalidInput(f"{where} of datatype {datatype} must be sent in raw_input_contents")
     values = getattr(tensor.contents, field)
-    count = element_count(shape)
+    count = element_count(shape, where)
     if len(values) != count:
         raise InvalidInput(
-            f"input '{name}' has {len(values)} elements in contents.{field}, expected {count} "
+            f"{where} has {len(values)} elements in contents.{field}, expected {count} "
             f"for shape {list(shape)}"
         )
     if datatype == "BYTES":
         array = np.empty(count, dtype=np.object_)
         array[:] = list(values)
         return array.reshape(shape)
-    return np.asarray(values, dtype=numpy_dtype(datatype)).reshape(shape)
+    try:
+        # int_contents carries INT8 and INT16 as int32: 300 as INT8 is the caller's error.
+        return np.asarray(values, dtype=numpy_dtype(datatype, where)).reshape(shape)
+    except (OverflowError, ValueError) as exc:
+        raise InvalidInput(f"contents.{field} of {where} do not fit datatype {datatype}: {exc}") from None
 
 
 def decode_request(request: Any, deadline: float | None) -> InferRequest:
     """A ``ModelInferRequest`` as an InferRequest (400 for anything inconsistent)."""
     if not request.model_name:
         raise InvalidInput("model_name is required")
-    if not request.inputs:
-        raise InvalidInput("request has no inputs")
+    model = request.model_name
+    if not request.inputs and FEEDBACK_ID not in request.parameters:  # feedback carries none
+        raise InvalidInput(f"request for model '{model}' has no inputs")
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
         raise InvalidInput(
-            f"request has {len(request.inputs)} inputs but {len(raw)} raw_input_contents"
+            f"request for model '{model}' has {len(request.inputs)} inputs but "
+            f"{len(raw)} raw_input_contents"
         )
     inputs: dict[str, np.ndarray] = {}
     datatypes: dict[str, str] = {}
@@ -95,17 +104,18 @@ def decode_request(request: Any, deadline: float | None) -> InferRequest:
     for i, tensor in enumerate(request.inputs):
         name = tensor.name
         if not name:
-            raise InvalidInput(f"input {i} has no name")
+            raise InvalidInput(f"input {i} of the request for model '{model}' has no name")
+        where = describe_input(name, model)
         if name in inputs:
-            raise InvalidInput(f"input '{name}' appears twice")
-        numpy_dtype(tensor.datatype)
+            raise InvalidInput(f"{where} appears twice")
+        numpy_dtype(tensor.datatype, where)
         shape = tuple(tensor.shape)
         if any(d < 0 for d in shape):
-            raise InvalidInput(f"input '{name}' has a negative dimension in shape {list(shape)}")
+            raise InvalidInput(f"{where} has a negative dimension in shape {list(shape)}")
         if raw:
-            inputs[name] = tensor_from_buffer(raw[i], tensor.datatype, shape, name)
+            inputs[name] = tensor_from_buffer(raw[i], tensor.datatype, shape, name, model)
         else:
-            inputs[name] = _typed_contents(tensor, shape)
+            inputs[name] = _typed_contents(tensor, shape, where)
         datatypes[name] = tensor.datatype
         if tensor.parameters:
             input_parameters[name] = parameters_to_dict(tensor.parameters)

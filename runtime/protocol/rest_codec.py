@@ -15,6 +15,7 @@ import numpy as np
 import orjson
 
 from servegraph.runtime.protocol.datatypes import (
+    describe_input,
     element_count,
     numpy_dtype,
     tensor_from_buffer,
@@ -38,10 +39,13 @@ def _parse_json(data: bytes | memoryview) -> Any:
         raise InvalidInput(f"malformed JSON in request body: {exc}") from None
 
 
-def _json_tensor(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> np.ndarray:
-    count = element_count(shape)
+def _json_tensor(where: str, datatype: str, shape: tuple[int, ...], data: Any) -> np.ndarray:
+    count = element_count(shape, where)
     if datatype == "BYTES":
-        flat = np.asarray(data, dtype=np.object_).reshape(-1)
+        try:
+            flat = np.asarray(data, dtype=np.object_).reshape(-1)
+        except ValueError as exc:
+            raise InvalidInput(f"data of BYTES {where} is not a list of strings: {exc}") from None
         values = np.empty(flat.size, dtype=np.object_)
         for i, item in enumerate(flat):
             if isinstance(item, str):
@@ -49,16 +53,19 @@ def _json_tensor(name: str, datatype: str, shape: tuple[int, ...], data: Any) ->
             elif isinstance(item, bytes):
                 values[i] = item
             else:
-                raise InvalidInput(f"BYTES input '{name}' holds a {type(item).__name__}; expected strings")
+                raise InvalidInput(f"BYTES {where} holds a {type(item).__name__}; expected strings")
         array = values
     else:
+        dtype = numpy_dtype(datatype, where)
         try:
-            array = np.asarray(data, dtype=numpy_dtype(datatype)).reshape(-1)
-        except (TypeError, ValueError) as exc:
-            raise InvalidInput(f"data of input '{name}' does not fit datatype {datatype}: {exc}") from None
+            # Out-of-range values (300 as INT8, 1e10 as FP16) are the caller's error, not a 500.
+            with np.errstate(over="raise", invalid="raise"):
+                array = np.asarray(data, dtype=dtype).reshape(-1)
+        except (TypeError, ValueError, ArithmeticError) as exc:
+            raise InvalidInput(f"data of {where} does not fit datatype {datatype}: {exc}") from None
     if array.size != count:
         raise InvalidInput(
-            f"input '{name}' has {array.size} elements in 'data', expected {count} "
+            f"{where} has {array.size} elements in 'data', expected {count} "
             f"for shape {list(shape)}"
         )
     return array.reshape(shape)
@@ -72,8 +79,9 @@ def decode_request(
         header_bytes: bytes | memoryview = body
         tail = memoryview(b"")
     else:
+        _expect(header_length >= 0, f"{HEADER_LENGTH} must not be negative, got {header_length}")
         _expect(
-            0 <= header_length <= len(body),
+            header_length <= len(body),
             f"{HEADER_LENGTH} is {header_length} but the body has only {len(body)} bytes",
         )
         view = memoryview(body)
@@ -92,40 +100,42 @@ def decode_request(
         _expect(isinstance(raw, dict), "each input must be an object")
         name = raw.get("name")
         _expect(isinstance(name, str) and name != "", "each input needs a 'name' string")
-        _expect(name not in inputs, f"input '{name}' appears twice")
+        where = describe_input(name, model_name)
+        _expect(name not in inputs, f"{where} appears twice")
         datatype = raw.get("datatype")
-        _expect(isinstance(datatype, str), f"input '{name}' needs a 'datatype' string")
-        numpy_dtype(datatype)
+        _expect(isinstance(datatype, str), f"{where} needs a 'datatype' string")
+        numpy_dtype(datatype, where)
         shape = raw.get("shape")
         _expect(
             isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape),
-            f"input '{name}' needs a 'shape' list of non-negative integers, got {shape!r}",
+            f"{where} needs a 'shape' list of non-negative integers, got {shape!r}",
         )
         shape_t = tuple(shape)
         params = raw.get("parameters") or {}
-        _expect(isinstance(params, dict), f"parameters of input '{name}' must be an object")
+        _expect(isinstance(params, dict), f"parameters of {where} must be an object")
         size = params.get("binary_data_size")
         if size is not None:
             _expect(
-                isinstance(size, int) and size >= 0,
-                f"binary_data_size of input '{name}' must be a non-negative integer",
+                isinstance(size, int) and not isinstance(size, bool) and size >= 0,
+                f"binary_data_size of {where} must be a non-negative integer, got {size!r}",
             )
             _expect(
                 offset + size <= len(tail),
-                f"input '{name}' declares binary_data_size {size} but only "
+                f"{where} declares binary_data_size {size} but only "
                 f"{len(tail) - offset} bytes of binary data remain",
             )
-            inputs[name] = tensor_from_buffer(tail[offset : offset + size], datatype, shape_t, name)
+            inputs[name] = tensor_from_buffer(tail[offset : offset + size], datatype, shape_t, name, model_name)
             offset += size
         else:
-            _expect("data" in raw, f"input '{name}' has neither 'data' nor binary_data_size")
-            inputs[name] = _json_tensor(name, datatype, shape_t, raw["data"])
+            _expect("data" in raw, f"{where} has neither 'data' nor binary_data_size")
+            inputs[name] = _json_tensor(where, datatype, shape_t, raw["data"])
         datatypes[name] = datatype
         if params:
             input_parameters[name] = {k: v for k, v in params.items() if k != "binary_data_size"}
     _expect(
         offset == len(tail),
-        f"binary data is {len(tail)} bytes but the inputs' binary_data_size add up to {offset}",
+        f"binary data for model '{model_name}' is {len(tail)} bytes but the inputs' "
+        f"binary_data_size add up to {offset}",
     )
     outputs = None
     raw_outputs = header.get("outputs")

@@ -6,6 +6,7 @@ numpy arrays that were already checked by the codecs.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,8 @@ class InferRequest:
     """Absolute ``time.monotonic()`` after which the caller no longer waits."""
     binary_output_default: bool = False
     """REST only: the request's ``binary_data_output`` parameter."""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    """HTTP headers (case-insensitive) or gRPC metadata (lower-case keys), for header routing."""
 
 
 @dataclass(slots=True)

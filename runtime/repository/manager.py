@@ -20,6 +20,7 @@ from servegraph.runtime.metrics import ServerMetrics
 from servegraph.runtime.model import ServedModel
 from servegraph.runtime.protocol.errors import ModelNotFound, ModelNotReady
 from servegraph.runtime.repository.layout import ModelDir, read_config, scan, select_versions
+from servegraph.runtime.repository.triton_config import to_json
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +130,10 @@ class ModelRepository:
                     {"name": name, "version": str(version), "state": ve.state.value, "reason": ve.reason}
                 )
         return rows
+
+    def triton_config(self, name: str, version: str = "") -> dict[str, Any]:
+        """The served version's config as Triton's ModelConfig JSON (the config endpoints)."""
+        return to_json(self.get(name, version).config)
 
     def served_versions(self, name: str) -> list[str]:
         entry = self.models.get(name)

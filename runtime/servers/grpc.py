@@ -8,19 +8,22 @@ with the standard ``grpc-retry-pushback-ms`` trailer so retry policies back off.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any, NoReturn
 
 import grpc
 from google.protobuf import json_format
+from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
 from servegraph.runtime.dataplane import DataPlane
 from servegraph.runtime.protocol import grpc_codec
 from servegraph.runtime.protocol.errors import QueueFull, ServegraphError
-from servegraph.runtime.repository.triton_config import to_proto
+
+log = logging.getLogger(__name__)
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: ServegraphError) -> NoReturn:
@@ -30,6 +33,17 @@ async def _abort(context: grpc.aio.ServicerContext, exc: ServegraphError) -> NoR
         )
     await context.abort(exc.grpc_status, exc.message)
     raise AssertionError("unreachable")  # context.abort raises
+
+
+def _unexpected(exc: Exception, method: str) -> ServegraphError:
+    """A bug, not the caller's fault: log it and answer INTERNAL (grpc's default is UNKNOWN)."""
+    log.exception("unexpected error in %s", method)
+    return ServegraphError(f"internal server error: {type(exc).__name__}: {exc}")
+
+
+def _metadata(context: grpc.aio.ServicerContext) -> dict[str, Any]:
+    """The call's metadata (lower-case keys), for header routing in graph nodes."""
+    return dict(context.invocation_metadata() or ())
 
 
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:
@@ -70,14 +84,16 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             config = self.dataplane.model_config(request.name, request.version)
         except ServegraphError as exc:
             await _abort(context, exc)
-        return pb.ModelConfigResponse(config=to_proto(config))
+        return pb.ModelConfigResponse(config=json_format.ParseDict(config, mc.ModelConfig()))
 
     async def ModelStatistics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             stats = self.dataplane.model_statistics(request.name, request.version)
         except ServegraphError as exc:
             await _abort(context, exc)
-        return json_format.ParseDict({"model_stats": stats}, pb.ModelStatisticsResponse())
+        # ignore_unknown_fields: a graph node's extras (its "servegraph" entry) have no place
+        # in Triton's proto; HTTP and the metrics carry them.
+        return json_format.ParseDict({"model_stats": stats}, pb.ModelStatisticsResponse(), ignore_unknown_fields=True)
 
     async def RepositoryIndex(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         rows = self.dataplane.repository_index(request.ready)
@@ -90,12 +106,17 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         await context.abort(grpc.StatusCode.PERMISSION_DENIED, "model control is disabled")
 
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        # Abort outside the try: context.abort raises an Exception that must not be caught here.
         try:
             decoded = grpc_codec.decode_request(request, _deadline(context))
+            decoded.headers = _metadata(context)
             response = await self.dataplane.infer(decoded)
             return grpc_codec.encode_response(response)
         except ServegraphError as exc:
-            await _abort(context, exc)
+            error = exc
+        except Exception as exc:
+            error = _unexpected(exc, "ModelInfer")
+        await _abort(context, error)
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
@@ -109,10 +130,11 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 decoded = grpc_codec.decode_request(request, _deadline(context))
                 response = await self.dataplane.infer(decoded)
                 await answers.put(pb.ModelStreamInferResponse(infer_response=grpc_codec.encode_response(response)))
-            except ServegraphError as exc:
+            except Exception as exc:
+                error = exc if isinstance(exc, ServegraphError) else _unexpected(exc, "ModelStreamInfer")
                 await answers.put(
                     pb.ModelStreamInferResponse(
-                        error_message=exc.message,
+                        error_message=error.message,
                         infer_response=pb.ModelInferResponse(id=request.id, model_name=request.model_name),
                     )
                 )

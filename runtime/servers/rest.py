@@ -1,7 +1,13 @@
-"""The v2 REST transport on aiohttp: routes, body limits, and errors as ``{"error": ...}``."""
+"""The v2 REST transport on aiohttp: routes, body limits, and errors as ``{"error": ...}``.
+
+Every error answer is JSON ``{"error": str}``: ours (mapped by ``ERROR_TABLE``), aiohttp's
+own (unknown route, wrong method, body too large) and, as a last resort, an unexpected
+exception, which is logged and answered 500 rather than aiohttp's plain-text page.
+"""
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -17,7 +23,8 @@ from servegraph.runtime.protocol.errors import (
     QueueFull,
     ServegraphError,
 )
-from servegraph.runtime.repository.triton_config import to_json
+
+log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -37,14 +44,48 @@ def error_response(exc: ServegraphError) -> web.Response:
     return response
 
 
-def _errors(handler: Handler) -> Handler:
-    async def wrapped(request: web.Request) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except ServegraphError as exc:
-            return error_response(exc)
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """One exception boundary for the app, so no error escapes as aiohttp's text page."""
+    try:
+        return await handler(request)
+    except ServegraphError as exc:
+        return error_response(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        if exc.status == PayloadTooLarge.http_status:
+            return error_response(PayloadTooLarge(exc.text or exc.reason))
+        response = _json({"error": f"{exc.reason}: {request.method} {request.path}"}, status=exc.status)
+        if exc.status == 405 and "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+    except Exception as exc:
+        log.exception("unexpected error in %s %s", request.method, request.path)
+        return error_response(ServegraphError(f"internal server error: {type(exc).__name__}: {exc}"))
 
-    return wrapped
+
+def _integer_header(request: web.Request, name: str) -> int | None:
+    value = request.headers.get(name)
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidInput(f"{name} must be an integer, got {value!r}") from None
+
+
+def _timeout_header(request: web.Request) -> float | None:
+    value = request.headers.get(TIMEOUT_HEADER)
+    if value is None:
+        return None
+    try:
+        timeout = float(value)
+    except ValueError:
+        raise InvalidInput(f"{TIMEOUT_HEADER} must be a number, got {value!r}") from None
+    if not math.isfinite(timeout) or timeout < 0:
+        raise InvalidInput(f"{TIMEOUT_HEADER} must be a finite, non-negative number, got {value!r}")
+    return timeout
 
 
 def _version(request: web.Request) -> str:
@@ -72,7 +113,7 @@ def create_app(dataplane: DataPlane) -> web.Application:
         return web.Response(status=200 if ok else 503)
 
     async def model_config(request: web.Request) -> web.Response:
-        return _json(to_json(dataplane.model_config(request.match_info["model"], _version(request))))
+        return _json(dataplane.model_config(request.match_info["model"], _version(request)))
 
     async def model_stats(request: web.Request) -> web.Response:
         name = request.match_info.get("model", "")
@@ -108,20 +149,12 @@ def create_app(dataplane: DataPlane) -> web.Application:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise PayloadTooLarge(f"request body is over the {limit}-byte limit") from None
-        header_length = request.headers.get(rest_codec.HEADER_LENGTH)
-        length: int | None = None
-        if header_length is not None:
-            try:
-                length = int(header_length)
-            except ValueError:
-                raise InvalidInput(f"{rest_codec.HEADER_LENGTH} must be an integer, got {header_length!r}") from None
+        length = _integer_header(request, rest_codec.HEADER_LENGTH)
+        timeout_ms = _timeout_header(request)
         decoded = rest_codec.decode_request(body, length, request.match_info["model"], _version(request))
-        timeout_ms = request.headers.get(TIMEOUT_HEADER)
         if timeout_ms is not None:
-            try:
-                decoded.deadline = arrived + float(timeout_ms) / 1000
-            except ValueError:
-                raise InvalidInput(f"{TIMEOUT_HEADER} must be a number, got {timeout_ms!r}") from None
+            decoded.deadline = arrived + timeout_ms / 1000
+        decoded.headers = request.headers  # for header routing in graph nodes (no copy)
         response = await dataplane.infer(decoded)
         payload, json_length = rest_codec.encode_response(response, decoded)
         if json_length is None:
@@ -132,7 +165,21 @@ def create_app(dataplane: DataPlane) -> web.Application:
             headers={rest_codec.HEADER_LENGTH: str(json_length)},
         )
 
-    app = web.Application(client_max_size=limit + 1)
+    async def feedback(request: web.Request) -> web.Response:
+        """A reward for an earlier request to a graph node: ``{"id": str, "reward": number}``."""
+        body = await request.read()
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidInput(f"malformed JSON in feedback body: {exc}") from None
+        if not isinstance(payload, dict) or "id" not in payload or "reward" not in payload:
+            raise InvalidInput('feedback body must be a JSON object {"id": <request id>, "reward": <number>}')
+        result = await dataplane.feedback(
+            request.match_info["model"], _version(request), payload["id"], payload["reward"]
+        )
+        return _json(result)
+
+    app = web.Application(client_max_size=limit + 1, middlewares=[_errors])
     model = "/v2/models/{model}"
     versioned = "/v2/models/{model}/versions/{version}"
     routes = [
@@ -151,9 +198,10 @@ def create_app(dataplane: DataPlane) -> web.Application:
             ("POST", prefix + "/infer", infer),
             ("GET", prefix + "/stats", model_stats),
             ("GET", prefix + "/config", model_config),
+            ("POST", prefix + "/feedback", feedback),
         ]
     for method, path, handler in routes:
-        app.router.add_route(method, path, _errors(handler))
+        app.router.add_route(method, path, handler)
     return app
 
 

@@ -109,8 +109,13 @@ async def test_new_version_is_picked_up_under_load_without_errors(repo: Path, tm
                 what="version 1 to be retired",
             )
             assert server.dataplane.ready()
+            # Removing version 2 leaves version 1 as the latest on disk: it is served again.
             shutil.rmtree(repo / "m" / "2")
-            await eventually(lambda: server.dataplane.repository_index()[0]["state"] != "READY", what="removal")
+            await eventually(
+                lambda: [(r["version"], r["state"]) for r in server.dataplane.repository_index()] == [("1", "READY")],
+                what="version 2 to be retired and version 1 to serve again",
+            )
+            assert await _served_by(client) == 1
         finally:
             await client.close()
 
