@@ -1,4 +1,4 @@
-"""`make demo`: serve examples/models, send a burst of concurrent requests, show the batching.
+"""`make demo-batching`: serve examples/models, send a burst of concurrent requests, show the batching.
 
 Starts `servegraph serve` on free 127.0.0.1 ports, waits until it is ready, sends 512
 single-row requests to the `mlp` model from 64 concurrent tritonclient gRPC callers,

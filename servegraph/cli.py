@@ -1,16 +1,51 @@
-"""The ``servegraph`` command: one entry point, one subcommand per job."""
+"""The ``servegraph`` command: one entry point, one subcommand per job.
+
+    servegraph serve --model-repository DIR     one runtime process (or --node-config FILE)
+    servegraph run MANIFEST.yaml                a whole ModelDeployment on this machine
+    servegraph validate MANIFEST.yaml           check a manifest and print what is wrong
+"""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from servegraph.runtime.cli import add_serve_parser
 
 
+def _run(args: argparse.Namespace) -> int:
+    from servegraph.operator.local import run
+
+    return run(Path(args.manifest), args.host, args.http_port, args.grpc_port, args.metrics_port)
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from servegraph.operator.manifest import load_manifest
+    from servegraph.operator.validation import validate
+
+    try:
+        validate(load_manifest(Path(args.manifest)))
+    except ValueError as exc:
+        print(f"{args.manifest}: {exc}")
+        return 1
+    print(f"{args.manifest}: valid")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="servegraph", description=__doc__)
+    parser = argparse.ArgumentParser(prog="servegraph", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_serve_parser(subparsers)
+    run = subparsers.add_parser("run", help="serve a whole ModelDeployment manifest on this machine")
+    run.add_argument("manifest", help="a ModelDeployment YAML file")
+    run.add_argument("--host", default="127.0.0.1")
+    run.add_argument("--http-port", type=int, default=8000, help="the entrypoint's HTTP port (0 = any free)")
+    run.add_argument("--grpc-port", type=int, default=8001, help="the entrypoint's gRPC port (0 = any free)")
+    run.add_argument("--metrics-port", type=int, default=8002, help="the entrypoint's metrics port (0 = any free)")
+    run.set_defaults(func=_run)
+    check = subparsers.add_parser("validate", help="check a ModelDeployment manifest")
+    check.add_argument("manifest")
+    check.set_defaults(func=_validate)
     args = parser.parse_args(argv)
     return int(args.func(args))
 
