@@ -7,14 +7,12 @@ the file that defines ``predict``. Before ``load()`` runs it gets two attributes
 
 from __future__ import annotations
 
-import importlib.util
-import inspect
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from servegraph.runtime.backends.user_code import import_user_class
 from servegraph.runtime.config import ModelConfig, TensorConfig
 
 
@@ -45,31 +43,9 @@ def _model_file(config: ModelConfig, version_dir: Path) -> Path:
 def _user_class(config: ModelConfig, path: Path) -> type:
     if not path.is_file():
         raise FileNotFoundError(f"python backend needs {path.name} in {path.parent}")
-    # A unique module name per file, so two versions of one model never share a module.
-    module_name = f"servegraph_user_model_{abs(hash(str(path.resolve())))}"
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    spec.loader.exec_module(module)
-    wanted = config.parameters.get("class_name")
-    if wanted:
-        cls = getattr(module, wanted, None)
-        if not inspect.isclass(cls):
-            raise AttributeError(f"{path.name} has no class {wanted!r}")
-        return cls
-    candidates = [
-        obj
-        for obj in vars(module).values()
-        if inspect.isclass(obj) and obj.__module__ == module_name and callable(getattr(obj, "predict", None))
-    ]
-    if len(candidates) != 1:
-        names = [c.__name__ for c in candidates]
-        raise AttributeError(
-            f"{path.name} must define exactly one class with predict() (found {names}); "
-            "or name it with the parameter class_name"
-        )
-    return candidates[0]
+    return import_user_class(
+        path, config.parameters.get("class_name", ""), ("predict",), "servegraph_user_model"
+    )
 
 
 def load(config: ModelConfig, version_dir: Path) -> PythonModel:

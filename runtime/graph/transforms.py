@@ -17,15 +17,13 @@ A step that cannot be built raises ValueError at start, naming the node and the 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import inspect
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
+from servegraph.runtime.backends.user_code import import_user_class
 from servegraph.runtime.graph.batch import TensorBatch, selected
 from servegraph.runtime.graph.config import TransformStep
 from servegraph.runtime.graph.datafiles import load_params, load_reference
@@ -156,33 +154,12 @@ class PythonStep:
 
 
 def _user_class(path: Path, class_name: str, label: str) -> type:
-    if not path.is_file():
-        raise ValueError(f"{label}: no such file {path}")
-    module_name = f"servegraph_user_transform_{abs(hash(str(path.resolve())))}"
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or spec.loader is None:
-        raise ValueError(f"{label}: cannot import {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    spec.loader.exec_module(module)
-    if class_name:
-        cls = getattr(module, class_name, None)
-        if not inspect.isclass(cls):
-            raise ValueError(f"{label}: {path.name} has no class {class_name!r}")
-        return cls
-    found = [
-        obj
-        for obj in vars(module).values()
-        if inspect.isclass(obj)
-        and obj.__module__ == module_name
-        and (hasattr(obj, "transform_input") or hasattr(obj, "transform_output"))
-    ]
-    if len(found) != 1:
-        raise ValueError(
-            f"{label}: {path.name} must define exactly one class with transform_input/transform_output "
-            f"(found {[c.__name__ for c in found]}); or name it with class_name"
+    try:
+        return import_user_class(
+            path, class_name, ("transform_input", "transform_output"), "servegraph_user_transform"
         )
-    return found[0]
+    except ValueError as exc:
+        raise ValueError(f"{label}: {exc}") from None
 
 
 def build_steps(
