@@ -3,8 +3,10 @@
 The control plane's second target. It renders the same per-node configs the operator puts
 into ConfigMaps, and starts one local ``servegraph serve`` process per node where the
 operator would create a Deployment: model nodes on a one-model repository, the others with
-``--node-config``. Each node gets free 127.0.0.1 ports (the entrypoint gets the ports asked
-for), its log lines are prefixed with its name, and stopping stops every process started.
+``--node-config``. Remote model URIs (http(s)://, s3://, gs://) are fetched into the workdir
+first, once per URI and afresh on every start. Each node gets free 127.0.0.1 ports (the
+entrypoint gets the ports asked for), its log lines are prefixed with its name, and
+stopping stops every process started.
 """
 
 from __future__ import annotations
@@ -20,14 +22,21 @@ import threading
 import time
 import urllib.request
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO
 
 import yaml
 
 from servegraph.operator.manifest import load_manifest
-from servegraph.operator.render import Endpoint, RenderedGraph, render_graph, write_model_repository
+from servegraph.operator.render import (
+    Endpoint,
+    RenderedGraph,
+    RenderError,
+    render_graph,
+    write_model_repository,
+)
+from servegraph.operator.storage import StorageError, cache_target, fetch_model
 
 
 class GraphStartError(RuntimeError):
@@ -134,12 +143,36 @@ class LocalGraph:
         path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
         return config.role, [*command, "--node-config", str(path)]
 
+    def fetch_models(self) -> None:
+        """Fetch every remote model source into ``{workdir}/fetched``, once per URI.
+
+        Afterwards every model of the graph is local. Nodes sharing a URI share the fetched
+        folder; a URI that cannot be fetched raises a RenderError naming the node.
+        """
+        fetched: dict[str, Path] = {}
+        for name, model in list(self.graph.models.items()):
+            files: dict[str, str | Path] = {}
+            for path, source in model.repository_files.items():
+                if isinstance(source, str):
+                    if source not in fetched:
+                        try:
+                            fetched[source] = fetch_model(source, cache_target(source, self.workdir / "fetched"))
+                        except StorageError as error:
+                            raise RenderError(f"node '{name}': {error}") from None
+                    source = fetched[source]
+                files[path] = source
+            self.graph.models[name] = replace(model, repository_files=files)
+
     def start(self, timeout: float = 120.0) -> None:
-        """Start every node (children first) and wait until all are ready, or undo it all."""
+        """Fetch remote models, start every node (children first), wait until all are ready.
+
+        On any failure, every process started is stopped and the error raised.
+        """
         (self.workdir / "state").mkdir(parents=True, exist_ok=True)
         width = max(len(name) for name in self.ports)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         try:
+            self.fetch_models()
             for name in self.graph.order:
                 kind, command = self._command(name)
                 process = subprocess.Popen(
@@ -236,7 +269,7 @@ def run(manifest: Path, host: str, http_port: int, grpc_port: int, metrics_port:
                 return 1
             stop.wait(0.5)
         return 0
-    except GraphStartError as exc:
+    except (GraphStartError, RenderError) as exc:
         print(f"servegraph run: {exc}", file=sys.stderr)
         return 1
     finally:

@@ -41,7 +41,7 @@ from servegraph.runtime.repository.layout import CONFIG_FILES, ModelDir, read_co
 
 
 class RenderError(ValueError):
-    """A valid spec that this target cannot serve as it stands (a missing folder, a remote URI)."""
+    """A valid spec that this target cannot serve as it stands (a missing folder, an unfetchable URI)."""
 
 
 @dataclass(frozen=True)
@@ -374,6 +374,10 @@ def _overrides(node: Node) -> ConfigOverrides:
 def write_model_repository(model: RenderedModel, target: Path) -> Path:
     """Materialise ``model`` as ``target/<modelName>/`` for a local run; return that folder.
 
+    Its sources must be local folders: a remote storageUri is fetched first (``servegraph
+    run`` does it with ``servegraph.operator.storage.fetch_model``), then passed in with
+    ``repository_files`` pointing at the fetched folder.
+
     Version folders (and any other entries) are symlinks to the model folder; the config
     is written fresh: the folder's own config with the spec's overrides. Running it again
     brings the folder up to date.
@@ -382,8 +386,8 @@ def write_model_repository(model: RenderedModel, target: Path) -> Path:
     source = model.repository_files[model.model_name]
     if isinstance(source, str):
         raise RenderError(
-            f"{where}: storageUri {source} needs the in-cluster model puller;"
-            " `servegraph run` serves file:// and relative paths"
+            f"{where}: storageUri {source} is remote; fetch it first"
+            " (servegraph.operator.storage.fetch_model, as `servegraph run` does)"
         )
     if not source.is_dir():
         raise RenderError(

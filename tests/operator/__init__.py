@@ -6,9 +6,11 @@ validation rule, table-driven, each with its message; tensor-signature checks on
 kind of edge; the CRD-friendliness of the models' JSON schema; ``render_graph`` into the
 runtime's ``NodeConfig`` for a Weighted router, a Combiner and a transformer chain; and
 ``write_model_repository`` producing a repository the runtime's own reader reads back
-with the spec's overrides applied.
+with the spec's overrides applied; ``fetch_model`` fetching http(s):// archives from a
+local HTTP server (and refusing path traversal), and ``servegraph run`` serving one.
 
 Left out: Kubernetes objects (Deployments, Services, ConfigMaps, the CRD itself) and the
 kopf handlers, which come with the operator issue; serving the rendered graph, which the
-runtime's graph tests and ``servegraph run`` cover.
+runtime's graph tests and ``servegraph run`` cover; s3:// and gs:// against real buckets
+(no cloud access here: only the missing-library errors are tested).
 """

@@ -279,10 +279,10 @@ def test_a_folder_without_config_uses_format(tmp_path: Path) -> None:
     ("model", "prepare", "expected"),
     [
         ({"storageUri": "s3://bucket/models/m"}, None,
-         "node 'm': storageUri s3://bucket/models/m needs the in-cluster model puller;"
-         " `servegraph run` serves file:// and relative paths"),
-        ({"storageUri": "pvc://claim/m"}, None, "storageUri pvc://claim/m needs the in-cluster model puller"),
-        ({"storageUri": "https://example.com/m.tar.gz"}, None, "needs the in-cluster model puller"),
+         "node 'm': storageUri s3://bucket/models/m is remote; fetch it first"
+         " (servegraph.operator.storage.fetch_model, as `servegraph run` does)"),
+        ({"storageUri": "pvc://claim/m"}, None, "storageUri pvc://claim/m is remote; fetch it first"),
+        ({"storageUri": "https://example.com/m.tar.gz"}, None, "is remote; fetch it first"),
         ({"storageUri": "missing"}, None, "model folder {tmp}/missing (storageUri 'missing') is not a directory"),
         ({"storageUri": "empty"}, "empty", "model folder {tmp}/empty has no numbered version folders"),
         ({"storageUri": "noconfig"}, "noconfig/1", "model folder {tmp}/noconfig has no config.yaml or config.yml or config.pbtxt; add one or set model.format"),

@@ -272,7 +272,7 @@ def test_operator_modules_import_no_cluster_or_serving_code() -> None:
         "servegraph.runtime.repository.layout",
         "servegraph.runtime.protocol.datatypes",
     )
-    for module in ("spec", "validation", "manifest", "render"):
+    for module in ("spec", "validation", "manifest", "render", "storage"):
         tree = ast.parse((ROOT / "operator" / f"{module}.py").read_text())
         for item in ast.walk(tree):
             names: list[str] = []
@@ -289,3 +289,8 @@ def test_operator_modules_import_no_cluster_or_serving_code() -> None:
         i.module for i in ast.walk(spec_tree) if isinstance(i, ast.ImportFrom) and i.module
     }
     assert not any(m.startswith("servegraph") for m in spec_imports), "spec.py stands alone"
+    storage_tree = ast.parse((ROOT / "operator" / "storage.py").read_text())
+    storage_imports = {i.module for i in ast.walk(storage_tree) if isinstance(i, ast.ImportFrom) and i.module} | {
+        a.name for i in ast.walk(storage_tree) if isinstance(i, ast.Import) for a in i.names
+    }
+    assert not any(m.startswith("servegraph") for m in storage_imports), "storage.py stands alone (the model puller)"
