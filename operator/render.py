@@ -204,6 +204,26 @@ def served_name(deployment: ModelDeployment, node: Node) -> str:
     return deployment.metadata.name if node.name == deployment.spec.entrypoint else node.name
 
 
+def headers_below(deployment: ModelDeployment, name: str) -> list[str]:
+    """The headers Header routers below node ``name`` route on (lower-case, sorted).
+
+    A node passes these on to its children, so a Header router anywhere in the graph sees
+    the caller's header, not only at the entrypoint.
+    """
+    found: set[str] = set()
+    seen: set[str] = set()
+    stack = list(deployment.node(name).children)
+    while stack:
+        child = deployment.node(stack.pop())
+        if child.name in seen:
+            continue
+        seen.add(child.name)
+        if child.router is not None and child.router.strategy == "Header" and child.router.header:
+            found.add(child.router.header.lower())
+        stack.extend(child.children)
+    return sorted(found)
+
+
 _ROLES: dict[str, Literal["router", "combiner", "transformer"]] = {
     "Router": "router",
     "Combiner": "combiner",
@@ -251,6 +271,7 @@ def _render_node(
             inputs=[_tensor(t) for t in signature.inputs] if signature else [],
             outputs=[_tensor(t) for t in signature.outputs] if signature else [],
             default_timeout_ms=node.timeout_ms or 0,
+            forward_headers=headers_below(deployment, node.name),
             **settings,
         )
     except ValidationError as error:

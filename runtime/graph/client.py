@@ -11,6 +11,7 @@ errors of ``protocol.errors`` (503 down, 504 out of time, 400 rejected, 500 fail
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,6 +88,22 @@ def forwarded_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def forwarded_headers(headers: Mapping[str, str], names: list[str]) -> dict[str, str]:
+    """The caller's headers named in ``names`` that a node passes on, as gRPC metadata.
+
+    HTTP headers are case-insensitive and gRPC metadata keys lower-case, so keys go lower-case;
+    a value gRPC metadata cannot carry (not printable ASCII) stays behind.
+    """
+    forwarded: dict[str, str] = {}
+    for name in names:
+        value = headers.get(name)
+        if value is None:
+            value = headers.get(name.lower())
+        if value is not None and value.isascii() and value.isprintable():
+            forwarded[name.lower()] = value
+    return forwarded
+
+
 def time_left(deadline: float | None) -> float | None:
     """Seconds until ``deadline`` (a ``time.monotonic()`` instant), or None for no deadline."""
     return None if deadline is None else deadline - time.monotonic()
@@ -128,6 +145,7 @@ class ChildClient:
         *,
         request_id: str = "",
         parameters: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
         deadline: float | None = None,
     ) -> ChildAnswer:
         """Run the child's model on ``inputs``; every output comes back."""
@@ -144,7 +162,7 @@ class ChildClient:
                 child=self.name,
             ) from None
         try:
-            return await self._call(tensors, request_id, parameters or {}, timeout)
+            return await self._call(tensors, request_id, parameters or {}, timeout, headers)
         except InferenceServerException as exc:
             raise self._error(exc.status() or "", exc.message() or str(exc), timeout) from None
 
@@ -172,6 +190,7 @@ class ChildClient:
         request_id: str,
         parameters: dict[str, Any],
         timeout: float | None,
+        headers: dict[str, str] | None = None,
     ) -> ChildAnswer:
         """One ModelInfer; tritonclient's errors pass through, anything else is this child's failure."""
         client = self._connected()
@@ -182,6 +201,7 @@ class ChildClient:
                 model_version=self.endpoint.version,
                 request_id=request_id,
                 client_timeout=timeout,
+                headers=headers or None,
                 parameters=parameters or None,
             )
         except InferenceServerException:

@@ -104,6 +104,11 @@ class NodeConfig(_Strict):
     inputs: list[TensorSignature] = Field(default_factory=list)
     outputs: list[TensorSignature] = Field(default_factory=list)
     default_timeout_ms: int = Field(0, ge=0, description="Deadline when the caller sets none (0 = none).")
+    forward_headers: list[str] = Field(
+        default_factory=list,
+        description="Request headers passed on to children as gRPC metadata: the ones Header"
+        " routers below this node route on (the control plane fills it in).",
+    )
 
     @model_validator(mode="after")
     def _settings_for_role(self) -> NodeConfig:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from servegraph.runtime.graph.client import ChildAnswer, ChildClient, forwarded_parameters
+from servegraph.runtime.graph.client import ChildAnswer, ChildClient, forwarded_headers, forwarded_parameters
 from servegraph.runtime.graph.config import NodeConfig, TensorSignature
 from servegraph.runtime.graph.metrics import GraphMetrics
 from servegraph.runtime.metrics import ServerMetrics
@@ -232,6 +232,7 @@ class GraphNode(ABC):
                 request.datatypes if datatypes is None else datatypes,
                 request_id=request.id if request_id is None else request_id,
                 parameters=forwarded_parameters(request.parameters),
+                headers=forwarded_headers(request.headers, self.config.forward_headers),
                 deadline=request.deadline if deadline is None else deadline,
             )
         except ServegraphError as exc:

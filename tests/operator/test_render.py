@@ -147,6 +147,16 @@ def test_header_router_routes_become_a_mapping() -> None:
     assert settings.routes == {"blue": "a", "green": "ens"}
 
 
+def test_nodes_above_a_header_router_forward_its_header() -> None:
+    """pre -> split (Header on X-Variant) -> a, ens: pre passes the header on, split need not."""
+    data = copy.deepcopy(GRAPH)
+    node(data, "split")["router"] = {"strategy": "Header", "header": "X-Variant", "default": "a"}
+    graph = render_graph(parse_manifest(data), endpoint)
+    assert graph.nodes["pre"].forward_headers == ["x-variant"]
+    assert graph.nodes["split"].forward_headers == []
+    assert render_graph(parse_manifest(GRAPH), endpoint).nodes["pre"].forward_headers == []
+
+
 def test_inner_nodes_answer_to_their_own_name() -> None:
     graph = render_graph(parse_manifest(GRAPH), endpoint)
     assert graph.nodes["pre"].model_name == "graph", "the entrypoint answers as the deployment"

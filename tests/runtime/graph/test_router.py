@@ -84,6 +84,25 @@ async def test_header_routing_on_headers_metadata_and_parameters(models: Server)
         assert route_of(await http.infer("hdr", [http_input(x)], headers={"X-Variant": "zzz"})) == "model-a"
 
 
+async def test_a_node_above_a_header_router_passes_the_header_on(models: Server) -> None:
+    """transformer -> Header router: the caller's HTTP header or gRPC metadata reaches the
+    router below when the transformer's config names it (the control plane does so)."""
+    async with serve_node(router("hdr", models, "Header", header="X-Variant", routes={"b": "model-b"}, default="model-a")) as hdr:
+        steps = [{"kind": "StandardScaler", "mean": [0.0], "scale": [1.0]}]
+        config = node_config("tr", "transformer", [child("hdr", hdr)], input=steps, _top={"forward_headers": ["X-Variant"]})
+        async with serve_node(config) as tr, grpc_client(tr) as grpc, http_client(tr) as http:
+            x = rows(2)
+            result = await http.infer("tr", [http_input(x)], headers={"X-Variant": "b"})
+            assert route_of(result) == "hdr/model-b"
+            np.testing.assert_array_equal(result.as_numpy("OUTPUT"), affine("model-b", x))
+            assert route_of(await grpc.infer("tr", [grpc_input(x)], headers={"x-variant": "b"})) == "hdr/model-b"
+            assert route_of(await grpc.infer("tr", [grpc_input(x)], headers={"x-other": "b"})) == "hdr/model-a"
+        unforwarded = node_config("tr", "transformer", [child("hdr", hdr)], input=steps)
+        async with serve_node(unforwarded) as tr, http_client(tr) as http:
+            result = await http.infer("tr", [http_input(rows(1))], headers={"X-Variant": "b"})
+            assert route_of(result) == "hdr/model-a", "only the named headers travel"
+
+
 async def test_header_without_a_match_or_default_is_400_naming_the_node(models: Server) -> None:
     config = router("hdr", models, "Header", header="x-variant", routes={"b": "model-b"})
     async with serve_node(config) as node, grpc_client(node) as grpc, http_client(node) as http:
