@@ -3,11 +3,14 @@
     servegraph serve --model-repository DIR     one runtime process (or --node-config FILE)
     servegraph run MANIFEST.yaml                a whole ModelDeployment on this machine
     servegraph validate MANIFEST.yaml           check a manifest and print what is wrong
+    servegraph fetch URI DEST                   fetch a storageUri into a model folder
+                                                (the model puller a pod's init container runs)
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from servegraph.runtime.cli import add_serve_parser
@@ -32,6 +35,18 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fetch(args: argparse.Namespace) -> int:
+    from servegraph.operator.storage import StorageError, fetch_model
+
+    try:
+        folder = fetch_model(args.uri, Path(args.dest), timeout=args.timeout)
+    except StorageError as exc:
+        print(f"servegraph fetch: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.uri} -> {folder}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="servegraph", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     subparsers = parser.add_subparsers(dest="command", required=True)
@@ -46,6 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     check = subparsers.add_parser("validate", help="check a ModelDeployment manifest")
     check.add_argument("manifest")
     check.set_defaults(func=_validate)
+    fetch = subparsers.add_parser("fetch", help="fetch a model's storageUri into a local model folder")
+    fetch.add_argument("uri", help="http(s):// archive, s3://bucket/prefix, gs://bucket/prefix, or a local path")
+    fetch.add_argument("dest", help="the model folder to create (replaced once the fetch succeeds)")
+    fetch.add_argument("--timeout", type=float, default=60.0, help="seconds per network operation")
+    fetch.set_defaults(func=_fetch)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import io
+import subprocess
+import sys
 import tarfile
 import threading
 import zipfile
@@ -167,22 +169,24 @@ def test_local_uris_are_returned_as_they_are(tmp_path: Path) -> None:
     assert not (tmp_path / "m").exists(), "nothing copied"
 
 
-@pytest.mark.skipif(importlib.util.find_spec("boto3") is not None, reason="boto3 is installed")
-def test_s3_without_boto3_names_the_package(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("uri", "hidden", "expected"),
+    [
+        ("s3://bucket/models/scorer", "boto3", "storageUri s3://bucket/models/scorer needs boto3: pip install boto3"),
+        ("gs://bucket/models/scorer", "google.cloud.storage",
+         "storageUri gs://bucket/models/scorer needs google-cloud-storage: pip install google-cloud-storage"),
+    ],
+)
+def test_an_object_store_without_its_library_names_the_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, uri: str, hidden: str, expected: str
+) -> None:
+    monkeypatch.setitem(sys.modules, hidden, None)  # as if not installed: importing it fails
+    if "." in hidden:
+        parent, _, child = hidden.rpartition(".")
+        monkeypatch.delattr(importlib.import_module(parent), child, raising=False)
     with pytest.raises(StorageError) as caught:
-        fetch_model("s3://bucket/models/scorer", tmp_path / "m")
-    assert str(caught.value) == "storageUri s3://bucket/models/scorer needs boto3: pip install boto3"
-
-
-def test_gs_without_the_library_names_the_package(tmp_path: Path) -> None:
-    try:
-        from google.cloud import storage  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("google-cloud-storage is installed")
-    with pytest.raises(StorageError, match="needs google-cloud-storage: pip install google-cloud-storage"):
-        fetch_model("gs://bucket/models/scorer", tmp_path / "m")
+        fetch_model(uri, tmp_path / "m")
+    assert str(caught.value) == expected
 
 
 @pytest.mark.parametrize(
@@ -203,6 +207,29 @@ def test_model_folder_names() -> None:
     assert model_folder_name("s3://bucket/models/m/") == "m"
     assert model_folder_name("gs://bucket") == "model"
     assert cache_target("s3://b/m", Path("c")) != cache_target("s3://b2/m", Path("c"))
+
+
+# ----------------------------------------------------------------------------- the puller command
+
+
+def test_servegraph_fetch_is_the_model_puller(tmp_path: Path, http_root: tuple[Path, str]) -> None:
+    root, base = http_root
+    scorer_tar(root / "scorer.tar.gz")
+    dest = tmp_path / "models" / "scorer"
+    done = subprocess.run(
+        [sys.executable, "-m", "servegraph.cli", "fetch", f"{base}/scorer.tar.gz", str(dest)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"{base}/scorer.tar.gz -> {dest}"
+    assert_scorer_layout(dest)
+    failed = subprocess.run(
+        [sys.executable, "-m", "servegraph.cli", "fetch", f"{base}/gone.tar.gz", str(tmp_path / "gone")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert failed.returncode == 1
+    assert failed.stderr.strip() == f"servegraph fetch: storageUri {base}/gone.tar.gz: HTTP 404 File not found"
+    assert not (tmp_path / "gone").exists()
 
 
 # ----------------------------------------------------------------------------- servegraph run
