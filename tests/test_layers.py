@@ -9,6 +9,8 @@ never import each other, and the runtime never imports the operator, kopf or kub
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -91,3 +93,21 @@ def test_the_layer_check_catches_an_upward_import(tmp_path: Path) -> None:
     bad = tmp_path / "bad.py"
     bad.write_text("from servegraph.runtime.server import Server\n")
     assert _layer(next(iter(i for i in _imports(bad) if i.endswith("server")))) == 7
+
+
+def test_the_operator_folder_never_shadows_the_standard_library() -> None:
+    """From the repository root with the root first on sys.path and the standard ``operator``
+    not loaded at startup (``-S``), ``import operator`` must still be the standard library's."""
+    probe = (
+        "import operator, collections, sys\n"
+        "from operator import or_, itemgetter\n"
+        "assert or_(1, 2) == 3 and itemgetter(1)('ab') == 'b'\n"
+        "assert 'servegraph.operator' not in sys.modules and 'servegraph' not in sys.modules\n"
+        "print(operator.attrgetter.__module__)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() in ("operator", "_operator")
+    assert (ROOT / "operator" / "__init__.py").is_file(), "the probe above really met the folder"
