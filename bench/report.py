@@ -15,6 +15,7 @@ RATIO_PAIRS = (
     ("servegraph", "servegraph-nobatch"),
     ("servegraph-onnx", "servegraph"),
     ("servegraph-onnx", "triton"),
+    ("servegraph-triton-repo", "triton"),
     ("triton", "triton-nobatch"),
 )
 

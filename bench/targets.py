@@ -237,7 +237,8 @@ def _triton_launch(repo: Path, ports: Ports) -> Launch:
     )
 
 
-def _prepare_triton(workdir: Path, ports: Ports, batching: bool) -> Launch:
+def triton_repository(workdir: Path, batching: bool) -> Path:
+    """The repository Triton serves: config.pbtxt and the TritonPythonModel in mlp/1/."""
     repo = workdir / "repo"
     version_dir = repo / "mlp" / "1"
     _copy_peer_code(version_dir, "triton_model.py")
@@ -246,7 +247,16 @@ def _prepare_triton(workdir: Path, ports: Ports, batching: bool) -> Launch:
     if batching:
         config += TRITON_BATCHING.format(delay=MAX_DELAY_US)
     (repo / "mlp" / "config.pbtxt").write_text(config)
-    return _triton_launch(repo, ports)
+    return repo
+
+
+def _prepare_triton(workdir: Path, ports: Ports, batching: bool) -> Launch:
+    return _triton_launch(triton_repository(workdir, batching), ports)
+
+
+def prepare_servegraph_on_triton_repo(workdir: Path, ports: Ports) -> Launch:
+    """servegraph serving Triton's own repository (config.pbtxt, TritonPythonModel) unchanged."""
+    return _servegraph_cmd(triton_repository(workdir, batching=True), ports)
 
 
 def prepare_triton(workdir: Path, ports: Ports) -> Launch:
@@ -271,6 +281,8 @@ TARGETS: dict[str, Target] = {
         Target("servegraph", "servegraph, dynamic batching", prepare_servegraph),
         Target("servegraph-nobatch", "servegraph, no batching", prepare_servegraph_nobatch),
         _OnnxTarget("servegraph-onnx", "servegraph, onnxruntime backend, batching", prepare_servegraph_onnx),
+        Target("servegraph-triton-repo", "servegraph on Triton's repository: config.pbtxt + TritonPythonModel",
+               prepare_servegraph_on_triton_repo),
         Target("fastapi", "FastAPI + uvicorn (uvloop, httptools), no batching", prepare_fastapi,
                protocols=("http", "json"), peer="fastapi",
                unsupported={"grpc": "HTTP only (hand-written server)"}),

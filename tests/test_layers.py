@@ -21,6 +21,7 @@ LAYERS = [
     ["servegraph.runtime.protocol"],
     [
         "servegraph.runtime.config",
+        "servegraph.runtime.triton_config",
         "servegraph.runtime.graph.config",
         "servegraph.runtime.stats",
         "servegraph.runtime.metrics",

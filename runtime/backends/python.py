@@ -1,19 +1,24 @@
-"""The python backend: ``model.py`` holding a user class with ``load()`` and ``predict()``.
+"""The python backend: ``model.py`` holding a user class with ``load()`` and ``predict()``,
+or a Triton python model (``TritonPythonModel`` with ``initialize``/``execute``/``finalize``).
 
 The class is the one named in the config parameter ``class_name``, else the only class in
-the file that defines ``predict``. Before ``load()`` runs it gets two attributes:
-``model_dir`` (the version directory) and ``config`` (the model's ModelConfig).
+the file that defines ``predict`` (or ``execute``). Before ``load()`` runs it gets two
+attributes: ``model_dir`` (the version directory) and ``config`` (the model's ModelConfig).
+A Triton model gets Triton's ``initialize(args)`` instead (see ``triton_compat``).
 """
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from servegraph.runtime.backends import triton_compat
 from servegraph.runtime.backends.user_code import import_user_class
 from servegraph.runtime.config import ModelConfig, TensorConfig
+from servegraph.runtime.triton_config import to_json
 
 
 class PythonModel:
@@ -43,13 +48,23 @@ def _model_file(config: ModelConfig, version_dir: Path) -> Path:
 def _user_class(config: ModelConfig, path: Path) -> type:
     if not path.is_file():
         raise FileNotFoundError(f"python backend needs {path.name} in {path.parent}")
+    triton_compat.install()  # Triton model files import triton_python_backend_utils at the top
     return import_user_class(
-        path, config.parameters.get("class_name", ""), ("predict",), "servegraph_user_model"
+        path, config.parameters.get("class_name", ""), ("predict", "execute"), "servegraph_user_model"
     )
 
 
-def load(config: ModelConfig, version_dir: Path) -> PythonModel:
+_instances = itertools.count()
+
+
+def load(config: ModelConfig, version_dir: Path) -> PythonModel | triton_compat.TritonModel:
     cls = _user_class(config, _model_file(config, version_dir))
+    if triton_compat.is_triton_model(cls):
+        triton_model = cls()
+        initialize = getattr(triton_model, "initialize", None)
+        if callable(initialize):
+            initialize(triton_compat.initialize_args(to_json(config), version_dir, next(_instances)))
+        return triton_compat.TritonModel(triton_model, [t.name for t in config.output])
     user_model = cls()
     user_model.model_dir = version_dir
     user_model.config = config
@@ -62,5 +77,21 @@ def load(config: ModelConfig, version_dir: Path) -> PythonModel:
 def signature(
     config: ModelConfig, version_dir: Path
 ) -> tuple[list[TensorConfig], list[TensorConfig]] | None:
-    """Python models declare their signature in the config only."""
-    return None
+    """Python models declare their signature in the config; a Triton model may instead
+    declare it in ``auto_complete_config``."""
+    cls = _user_class(config, _model_file(config, version_dir))
+    auto_complete = getattr(cls, "auto_complete_config", None)
+    if not triton_compat.is_triton_model(cls) or not callable(auto_complete):
+        return None
+    editor = triton_compat.ModelConfigEditor(to_json(config))
+    auto_complete(editor)
+    completed = editor.as_dict()
+
+    def tensors(kind: str) -> list[TensorConfig]:
+        return [
+            TensorConfig(name=t["name"], data_type=str(t["data_type"]).removeprefix("TYPE_").replace("STRING", "BYTES"),
+                         dims=[int(d) for d in t["dims"]])
+            for t in completed.get(kind, [])
+        ]
+
+    return tensors("input"), tensors("output")

@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from servegraph.runtime.config import ModelConfig, VersionPolicy
-from servegraph.runtime.repository.triton_config import parse_pbtxt
+from servegraph.runtime.triton_config import parse_pbtxt
 
 CONFIG_FILES = ("config.yaml", "config.yml", "config.pbtxt")
 

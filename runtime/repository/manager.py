@@ -20,7 +20,7 @@ from servegraph.runtime.metrics import ServerMetrics
 from servegraph.runtime.model import ServedModel
 from servegraph.runtime.protocol.errors import ModelNotFound, ModelNotReady
 from servegraph.runtime.repository.layout import ModelDir, read_config, scan, select_versions
-from servegraph.runtime.repository.triton_config import to_json
+from servegraph.runtime.triton_config import to_json
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from tritonclient.utils import InferenceServerException
 
 from servegraph.runtime.config import VersionPolicy
 from servegraph.runtime.repository.layout import select_versions
-from servegraph.runtime.repository.triton_config import parse_pbtxt, to_json
+from servegraph.runtime.triton_config import parse_pbtxt, to_json
 from tests.conftest import DOUBLES, add_model, add_version, eventually, fp32_model_config, grpc_url, serve
 
 
