@@ -50,7 +50,7 @@ def _user_class(config: ModelConfig, path: Path) -> type:
         raise FileNotFoundError(f"python backend needs {path.name} in {path.parent}")
     triton_compat.install()  # Triton model files import triton_python_backend_utils at the top
     return import_user_class(
-        path, config.parameters.get("class_name", ""), ("predict", "execute"), "servegraph_user_model"
+        path, config.parameters.get("class_name", ""), ("predict",), "servegraph_user_model", fallback=("execute",)
     )
 
 

@@ -9,8 +9,11 @@ import sys
 from pathlib import Path
 
 
-def import_user_class(path: Path, class_name: str, methods: tuple[str, ...], prefix: str) -> type:
-    """The class ``class_name`` in ``path``, else the only class there with one of ``methods``.
+def import_user_class(
+    path: Path, class_name: str, methods: tuple[str, ...], prefix: str, fallback: tuple[str, ...] = ()
+) -> type:
+    """The class ``class_name`` in ``path``, else the only class there with one of ``methods``
+    (or, when no class has any of them, the only one with one of ``fallback``).
 
     Each file gets a module name of its own (``prefix`` + a hash of its path), so two
     versions of one model never share a module. Errors are ValueErrors that name the file.
@@ -29,17 +32,17 @@ def import_user_class(path: Path, class_name: str, methods: tuple[str, ...], pre
         if not inspect.isclass(cls):
             raise ValueError(f"{path.name} has no class {class_name!r}")
         return cls
-    found = [
-        obj
-        for obj in vars(module).values()
-        if inspect.isclass(obj)
-        and obj.__module__ == module_name
-        and any(callable(getattr(obj, m, None)) for m in methods)
-    ]
+    classes = [obj for obj in vars(module).values() if inspect.isclass(obj) and obj.__module__ == module_name]
+    for wanted in (methods, fallback):
+        found = [cls for cls in classes if any(callable(getattr(cls, m, None)) for m in wanted)]
+        if found:
+            break
     if len(found) != 1:
-        wanted = "/".join(f"{m}()" for m in methods)
+        names = "/".join(f"{m}()" for m in methods)
+        if fallback and not found:
+            names += " (or " + "/".join(f"{m}()" for m in fallback) + ")"
         raise ValueError(
-            f"{path.name} must define exactly one class with {wanted} "
+            f"{path.name} must define exactly one class with {names} "
             f"(found {[c.__name__ for c in found]}); or name it with class_name"
         )
     return found[0]
