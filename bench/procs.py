@@ -9,7 +9,6 @@ from __future__ import annotations
 import atexit
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -17,19 +16,14 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from servegraph.ports import free_port  # noqa: F401 - run.py calls procs.free_port
+
 SERVER_CORE = "0"
 CLIENT_CORE = "1"
 ONE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 POLL_INTERVAL_S = 0.1
 
 _running: list[ServerProcess] = []
-
-
-def free_port() -> int:
-    """A port on 127.0.0.1 that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def pinned_env(extra: dict[str, str] | None = None) -> dict[str, str]:

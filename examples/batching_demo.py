@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,15 +20,11 @@ from pathlib import Path
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
 
+from servegraph.ports import free_port
+
 REPOSITORY = Path(__file__).resolve().parent / "models"
 REQUESTS = 512
 CONCURRENCY = 64
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_ready(http_port: int, process: subprocess.Popen[bytes], timeout: float = 60) -> None:

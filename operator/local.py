@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,16 +36,11 @@ from servegraph.operator.render import (
     write_model_repository,
 )
 from servegraph.operator.storage import StorageError, cache_target, fetch_model
+from servegraph.ports import free_port
 
 
 class GraphStartError(RuntimeError):
     """A node failed to start; the message carries its log tail."""
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -11,7 +11,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
+from servegraph.ports import free_port
 from servegraph.runtime.config import ServerSettings
 from servegraph.runtime.server import Ports, Server
 
@@ -94,12 +94,6 @@ def http_url(ports: Ports) -> str:
 
 def grpc_url(ports: Ports) -> str:
     return f"127.0.0.1:{ports.grpc}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
