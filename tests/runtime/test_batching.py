@@ -246,8 +246,14 @@ async def test_instances_run_batches_concurrently(repo: Path, tmp_path: Path) ->
         try:
             x = np.ones((1, 4), np.float32)
             calls = [asyncio.ensure_future(client.infer("gated", [_input(grpcaio, x)])) for _ in range(3)]
-            await eventually(lambda: len(gate.entered()) == 2, what="two batches in flight at once")
-            assert server.repository.get("gated").batcher.depth == 1  # type: ignore[union-attr]
+            batcher = server.repository.get("gated").batcher
+            assert batcher is not None
+            # The third request may still be on the wire when the first two enter: wait for it
+            # to queue. A third instance (or none busy) would make this never hold.
+            await eventually(
+                lambda: len(gate.entered()) == 2 and batcher.depth == 1,
+                what="two batches in flight at once and the third queued behind them",
+            )
             gate.open()
             await asyncio.gather(*calls)
         finally:
