@@ -99,7 +99,7 @@ def forwarded_headers(headers: Mapping[str, str], names: list[str]) -> dict[str,
         value = headers.get(name)
         if value is None:
             value = headers.get(name.lower())
-        if value is not None and value.isascii() and value.isprintable():
+        if isinstance(value, str) and value.isascii() and value.isprintable():  # not -bin bytes
             forwarded[name.lower()] = value
     return forwarded
 

@@ -11,7 +11,7 @@ import pytest
 
 from servegraph.runtime.graph.bandits import ArmStats, EpsilonGreedy, ThompsonSampling
 from servegraph.runtime.graph.batch import TensorBatch
-from servegraph.runtime.graph.client import ChildClient, forwarded_parameters
+from servegraph.runtime.graph.client import ChildClient, forwarded_headers, forwarded_parameters
 from servegraph.runtime.graph.config import ChildEndpoint, RouterSettings
 from servegraph.runtime.graph.drift import DriftDetector
 from servegraph.runtime.graph.feedback import FeedbackMemory, RouteRecord
@@ -145,6 +145,10 @@ async def test_a_child_call_with_no_time_left_fails_fast() -> None:
 def test_what_a_node_passes_on_and_other_protocol_bits() -> None:
     params = {"timeout": 5, "priority": 1, "servegraph.route": "x", "user": "u", "n": 3, "nested": {"a": 1}}
     assert forwarded_parameters(params) == {"user": "u", "n": 3}
+    headers = {"x-variant": "b", "x-trace-bin": b"\x00\x01", "x-name": "caf\u00e9", "other": "o"}
+    assert forwarded_headers(headers, ["X-Variant", "x-trace-bin", "x-name", "x-missing"]) == {"x-variant": "b"}, (
+        "named headers only, lower-cased; binary and non-ASCII values cannot travel as gRPC metadata"
+    )
     assert join_route("ab", "model-a") == "ab/model-a" and join_route("ab", "") == "ab" and join_route("ab", None) == "ab"
     assert parse_reward("0.5") == 0.5 and parse_reward(1) == 1.0
     for bad in (True, float("nan"), "x", None, [1]):
