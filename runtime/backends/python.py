@@ -10,6 +10,7 @@ A Triton model gets Triton's ``initialize(args)`` instead (see ``triton_compat``
 from __future__ import annotations
 
 import itertools
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,8 @@ def _user_class(config: ModelConfig, path: Path) -> type:
     )
 
 
-_instances = itertools.count()
+_instances: defaultdict[str, itertools.count[int]] = defaultdict(itertools.count)
+"""Per model: numbers Triton models' instances as Triton does (``add_sub_0``, ``add_sub_1``)."""
 
 
 def load(config: ModelConfig, version_dir: Path) -> PythonModel | triton_compat.TritonModel:
@@ -63,7 +65,7 @@ def load(config: ModelConfig, version_dir: Path) -> PythonModel | triton_compat.
         triton_model = cls()
         initialize = getattr(triton_model, "initialize", None)
         if callable(initialize):
-            initialize(triton_compat.initialize_args(to_json(config), version_dir, next(_instances)))
+            initialize(triton_compat.initialize_args(to_json(config), version_dir, next(_instances[config.name])))
         return triton_compat.TritonModel(triton_model, [t.name for t in config.output])
     user_model = cls()
     user_model.model_dir = version_dir
