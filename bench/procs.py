@@ -16,8 +16,6 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from servegraph.ports import free_port  # noqa: F401 - run.py calls procs.free_port
-
 SERVER_CORE = "0"
 CLIENT_CORE = "1"
 ONE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}

@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from servegraph.ports import free_port
+
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
@@ -133,7 +135,7 @@ def bench_target(target: Target, args: argparse.Namespace, result: RunResult) ->
     result.descriptions[target.name] = target.description
     with tempfile.TemporaryDirectory(prefix=f"bench-{target.name}-") as tmp:
         workdir = Path(tmp)
-        ports = Ports(procs.free_port(), procs.free_port(), procs.free_port())
+        ports = Ports(free_port(), free_port(), free_port())
         proc = None
         try:
             launch = target.prepare(workdir, ports)

@@ -19,6 +19,15 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def v2_datatype(value: str) -> str:
+    """A config datatype as its v2 name: Triton's ``TYPE_FP32`` -> ``FP32``, ``TYPE_STRING`` -> ``BYTES``."""
+    value = value.removeprefix("TYPE_").upper()
+    value = {"STRING": "BYTES"}.get(value, value)
+    if value not in V2_TO_NUMPY:
+        raise ValueError(f"data_type must be one of {', '.join(V2_TO_NUMPY)}, got {value!r}")
+    return value
+
+
 class TensorConfig(_Strict):
     """One input or output: name, datatype and dims (without the batch dim; -1 = variable)."""
 
@@ -29,11 +38,7 @@ class TensorConfig(_Strict):
     @field_validator("data_type")
     @classmethod
     def _known_datatype(cls, value: str) -> str:
-        value = value.removeprefix("TYPE_").upper()
-        value = {"STRING": "BYTES"}.get(value, value)
-        if value not in V2_TO_NUMPY:
-            raise ValueError(f"data_type must be one of {', '.join(V2_TO_NUMPY)}, got {value!r}")
-        return value
+        return v2_datatype(value)
 
     @field_validator("dims")
     @classmethod

@@ -88,12 +88,6 @@ def signature(
     editor = triton_compat.ModelConfigEditor(to_json(config))
     auto_complete(editor)
     completed = editor.as_dict()
-
-    def tensors(kind: str) -> list[TensorConfig]:
-        return [
-            TensorConfig(name=t["name"], data_type=str(t["data_type"]).removeprefix("TYPE_").replace("STRING", "BYTES"),
-                         dims=[int(d) for d in t["dims"]])
-            for t in completed.get(kind, [])
-        ]
-
-    return tensors("input"), tensors("output")
+    inputs = [TensorConfig.model_validate(t) for t in completed.get("input", [])]
+    outputs = [TensorConfig.model_validate(t) for t in completed.get("output", [])]
+    return inputs, outputs

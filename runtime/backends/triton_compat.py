@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from servegraph.runtime.config import v2_datatype
 from servegraph.runtime.protocol.datatypes import numpy_dtype
 
 MODULE_NAME = "triton_python_backend_utils"
@@ -206,8 +207,7 @@ def get_output_config_by_name(model_config: dict[str, Any], name: str) -> dict[s
 
 def triton_string_to_numpy(triton_type: str) -> type:
     """``"TYPE_FP32"`` -> ``np.float32``; ``TYPE_STRING`` (and ``BYTES``) -> ``np.object_``."""
-    name = triton_type.removeprefix("TYPE_")
-    return np.dtype(numpy_dtype("BYTES" if name == "STRING" else name)).type
+    return np.dtype(numpy_dtype(v2_datatype(triton_type))).type
 
 
 class Logger:

@@ -89,13 +89,14 @@ def gcs_bucket(gcs_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> tuple[str,
     return name, lambda key, body: bucket.blob(key).upload_from_string(body)
 
 
-STORES = ["s3", "gs"]
+BUCKET_FIXTURES = {"s3": "s3_bucket", "gs": "gcs_bucket"}
+"""storageUri scheme -> the fixture that makes a bucket for it."""
 
 
-@pytest.fixture(params=STORES)
+@pytest.fixture(params=list(BUCKET_FIXTURES))
 def store(request: pytest.FixtureRequest) -> tuple[str, str, Upload]:
     """(scheme, bucket, upload) for each object store."""
-    bucket, upload = request.getfixturevalue(f"{'s3' if request.param == 's3' else 'gcs'}_bucket")
+    bucket, upload = request.getfixturevalue(BUCKET_FIXTURES[request.param])
     return request.param, bucket, upload
 
 
