@@ -19,10 +19,12 @@ demo-batching: $(STAMP)
 	$(BIN)/python examples/batching_demo.py
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -q --cov --cov-report=term
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py --setup
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .coverage .coverage.* .mypy_cache

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
 
-from servegraph.operator.local import LocalGraph
+from servegraph.local.runner import LocalGraph
 
 MANIFEST = Path(__file__).resolve().parent / "graphs" / "demo.yaml"
 REQUESTS = 400

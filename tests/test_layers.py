@@ -1,114 +1,120 @@
-"""The import layers of DESIGN.md and STYLE.md, checked on the source with ``ast``.
+"""The package's shape: the import contracts, what the operator drags in, and the wheel.
 
-import-linter cannot see this package (its folders runtime/ and operator/ are mapped onto
-``servegraph.*`` by setuptools, and grimp only walks real package folders), so the same
-contracts are checked here: each runtime layer imports only layers below it, REST and gRPC
-never import each other, and the runtime never imports the operator, kopf or kubernetes.
+The contracts themselves live in pyproject.toml ([tool.importlinter]); this runs
+import-linter on them, shows that a broken contract is caught, imports the operator's
+spec, validation and rendering in a fresh interpreter to see which libraries come with
+them, and builds the wheel to check that it holds every module in src/.
 """
 
 from __future__ import annotations
 
-import ast
+import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-
-LAYERS = [
-    ["servegraph.runtime.protocol"],
-    [
-        "servegraph.runtime.config",
-        "servegraph.runtime.triton_config",
-        "servegraph.runtime.graph.config",
-        "servegraph.runtime.stats",
-        "servegraph.runtime.metrics",
-    ],
-    ["servegraph.runtime.batching", "servegraph.runtime.backends"],
-    ["servegraph.runtime.model", "servegraph.runtime.servable"],
-    ["servegraph.runtime.repository", "servegraph.runtime.graph"],
-    ["servegraph.runtime.dataplane"],
-    ["servegraph.runtime.servers"],
-    ["servegraph.runtime.server"],
-    ["servegraph.runtime.cli"],
-]
-"""Lowest first: a module may import its own layer and the ones before it."""
+SRC = ROOT / "src"
+BIN = Path(sys.executable).parent
 
 
-def _module_name(path: Path) -> str:
-    relative = path.relative_to(ROOT / "runtime").with_suffix("")
-    parts = [p for p in relative.parts if p != "__init__"]
-    return ".".join(["servegraph", "runtime", *parts])
-
-
-def _imports(path: Path) -> set[str]:
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module)
-            found.update(f"{node.module}.{alias.name}" for alias in node.names)
-    return found
-
-
-def _layer(module: str) -> int | None:
-    for index, prefixes in enumerate(LAYERS):
-        if any(module == p or module.startswith(p + ".") for p in prefixes):
-            return index
-    return None
-
-
-RUNTIME_FILES = sorted((ROOT / "runtime").rglob("*.py"))
-
-
-def test_every_runtime_module_has_a_layer() -> None:
-    missing = [_module_name(p) for p in RUNTIME_FILES if _module_name(p) != "servegraph.runtime" and _layer(_module_name(p)) is None]
-    assert missing == []
-
-
-@pytest.mark.parametrize("path", RUNTIME_FILES, ids=lambda p: str(p.relative_to(ROOT)))
-def test_runtime_imports_only_downwards(path: Path) -> None:
-    module = _module_name(path)
-    own = _layer(module)
-    for imported in _imports(path):
-        assert not imported.startswith(("servegraph.operator", "kopf", "kubernetes")), (
-            f"{module} imports {imported}: the runtime never imports the control plane"
-        )
-        target = _layer(imported)
-        if own is not None and target is not None:
-            assert target <= own, f"{module} (layer {own}) imports {imported} (layer {target}) above it"
-
-
-def test_rest_and_grpc_are_independent() -> None:
-    rest = _imports(ROOT / "runtime" / "servers" / "rest.py")
-    grpc = _imports(ROOT / "runtime" / "servers" / "grpc.py")
-    assert not any(i.startswith("servegraph.runtime.servers.grpc") for i in rest)
-    assert not any(i.startswith("servegraph.runtime.servers.rest") for i in grpc)
-
-
-def test_the_layer_check_catches_an_upward_import(tmp_path: Path) -> None:
-    """The checker itself can fail: an upward import is seen."""
-    bad = tmp_path / "bad.py"
-    bad.write_text("from servegraph.runtime.server import Server\n")
-    assert _layer(next(iter(i for i in _imports(bad) if i.endswith("server")))) == 7
-
-
-def test_the_operator_folder_never_shadows_the_standard_library() -> None:
-    """From the repository root with the root first on sys.path and the standard ``operator``
-    not loaded at startup (``-S``), ``import operator`` must still be the standard library's."""
-    probe = (
-        "import operator, collections, sys\n"
-        "from operator import or_, itemgetter\n"
-        "assert or_(1, 2) == 3 and itemgetter(1)('ab') == 'b'\n"
-        "assert 'servegraph.operator' not in sys.modules and 'servegraph' not in sys.modules\n"
-        "print(operator.attrgetter.__module__)\n"
+def _lint_imports(cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "lint-imports"), "--no-cache"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
+
+
+def test_import_contracts_hold() -> None:
+    done = _lint_imports(ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "0 broken" in done.stdout, done.stdout
+
+
+def test_a_broken_contract_is_caught(tmp_path: Path) -> None:
+    """The contracts can fail: a copy of the tree with one upward import breaks them."""
+    copy = tmp_path / "tree"
+    shutil.copytree(SRC, copy / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", copy / "pyproject.toml")
+    (copy / "src/servegraph/runtime/protocol/types.py").write_text(
+        (SRC / "servegraph/runtime/protocol/types.py").read_text()
+        + "\nfrom servegraph.runtime.servers import rest  # noqa\n"
+    )
+    (copy / "src/servegraph/operator/spec.py").write_text(
+        (SRC / "servegraph/operator/spec.py").read_text() + "\nimport numpy  # noqa\n"
+    )
+    done = subprocess.run(
+        [str(BIN / "lint-imports"), "--no-cache"],
+        cwd=copy,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={"PYTHONPATH": str(copy / "src"), "PATH": str(BIN)},
+    )
+    assert done.returncode != 0
+    assert "Runtime layers" in done.stdout and "BROKEN" in done.stdout
+    assert "servegraph.runtime.protocol.types -> servegraph.runtime.servers.rest" in done.stdout
+    assert "servegraph.operator.spec -> numpy" in done.stdout
+
+
+DATA_PLANE_LIBRARIES = ("grpc", "tritonclient", "aiohttp", "numpy", "onnxruntime", "google.protobuf")
+
+
+def test_the_operator_imports_no_data_plane_library() -> None:
+    """What an operator image needs: its spec, validation and rendering without numpy or grpc."""
+    probe = (
+        "import sys\n"
+        "import servegraph.operator.spec, servegraph.operator.validation\n"
+        "import servegraph.operator.manifest, servegraph.operator.render\n"
+        f"loaded = [m for m in {DATA_PLANE_LIBRARIES!r} if m in sys.modules]\n"
+        "print(','.join(loaded))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "", f"the operator loaded {done.stdout.strip()}"
+
+
+def test_the_repository_root_has_no_importable_operator() -> None:
+    """Nothing at the top level can shadow the standard library's ``operator``."""
+    probe = "import operator, sys; print(operator.__file__ if hasattr(operator, '__file__') else 'builtin')"
     done = subprocess.run(
         [sys.executable, "-S", "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() in ("operator", "_operator")
-    assert (ROOT / "operator" / "__init__.py").is_file(), "the probe above really met the folder"
+    assert str(ROOT) not in done.stdout
+    assert not (ROOT / "operator").exists() and not (ROOT / "runtime").exists()
+
+
+def _source_modules() -> set[str]:
+    return {
+        str(path.relative_to(SRC))
+        for path in SRC.rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix in (".py", ".typed")
+    }
+
+
+@pytest.mark.timeout(300)
+def test_the_wheel_holds_every_module(tmp_path: Path) -> None:
+    """setuptools' discovery finds every package: none is silently left out of the wheel."""
+    done = subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp_path), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    (wheel,) = tmp_path.glob("servegraph-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        inside = {name for name in archive.namelist() if not name.startswith("servegraph-")}
+    assert inside == _source_modules()

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
-from servegraph.operator.local import GraphStartError, LocalGraph
+from servegraph.local.runner import GraphStartError, LocalGraph
 
 GRAPHS = Path(__file__).resolve().parents[2] / "examples" / "graphs"
 MEAN = np.array([5.0, -2.0, 0.5, 10.0], np.float32)

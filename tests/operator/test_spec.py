@@ -262,35 +262,3 @@ def test_every_model_and_field_is_described() -> None:
 
 def test_datatypes_are_the_runtimes() -> None:
     assert set(get_args(Datatype)) == set(V2_TO_NUMPY)
-
-
-def test_operator_modules_import_no_cluster_or_serving_code() -> None:
-    """The spec works without kopf or kubernetes; the operator uses only the runtime's config schema."""
-    allowed_runtime = (
-        "servegraph.runtime.config",
-        "servegraph.runtime.graph.config",
-        "servegraph.runtime.repository.layout",
-        "servegraph.runtime.protocol.datatypes",
-    )
-    for module in ("spec", "validation", "manifest", "render", "storage"):
-        tree = ast.parse((ROOT / "operator" / f"{module}.py").read_text())
-        for item in ast.walk(tree):
-            names: list[str] = []
-            if isinstance(item, ast.Import):
-                names = [alias.name for alias in item.names]
-            elif isinstance(item, ast.ImportFrom) and item.module:
-                names = [item.module]
-            for name in names:
-                assert not name.startswith(("kopf", "kubernetes")), f"{module} imports {name}"
-                if name.startswith("servegraph.runtime"):
-                    assert name in allowed_runtime, f"{module} imports {name}"
-    spec_tree = ast.parse((ROOT / "operator" / "spec.py").read_text())
-    spec_imports = {
-        i.module for i in ast.walk(spec_tree) if isinstance(i, ast.ImportFrom) and i.module
-    }
-    assert not any(m.startswith("servegraph") for m in spec_imports), "spec.py stands alone"
-    storage_tree = ast.parse((ROOT / "operator" / "storage.py").read_text())
-    storage_imports = {i.module for i in ast.walk(storage_tree) if isinstance(i, ast.ImportFrom) and i.module} | {
-        a.name for i in ast.walk(storage_tree) if isinstance(i, ast.Import) for a in i.names
-    }
-    assert not any(m.startswith("servegraph") for m in storage_imports), "storage.py stands alone (the model puller)"

@@ -46,4 +46,4 @@ def backend_module(name: str) -> BackendModule:
         module_name = BACKEND_MODULES[name]
     except KeyError:
         raise ValueError(f"unknown backend {name!r}; known: {', '.join(BACKEND_MODULES)}") from None
-    return importlib.import_module(module_name)  # type: ignore[return-value]
+    return importlib.import_module(module_name)

@@ -1,18 +1,32 @@
-"""One error taxonomy for the data plane, and the one table mapping it to HTTP and gRPC.
+"""One error taxonomy for the data plane, and the one table of its status codes.
 
-Every transport raises or catches these; nothing else decides a status code.
+``ERROR_TABLE`` says which HTTP status and which canonical code (the status names gRPC and
+Google's API design share) each class answers with; a subclass not in it answers as its
+nearest listed base (``status_of``). The transports read that table and turn the name into
+their own type (``grpc.StatusCode`` lives in servers/grpc.py, never here), so this module
+imports no transport.
 """
 
 from __future__ import annotations
 
-import grpc
+from enum import StrEnum
+
+
+class Code(StrEnum):
+    """The canonical status an error answers with; the gRPC server maps it by name."""
+
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    NOT_FOUND = "NOT_FOUND"
+    UNAVAILABLE = "UNAVAILABLE"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+    INTERNAL = "INTERNAL"
+    UNIMPLEMENTED = "UNIMPLEMENTED"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
 
 
 class ServegraphError(Exception):
     """Base of every error a caller may see. ``message`` is sent as-is."""
-
-    http_status: int = 500
-    grpc_status: grpc.StatusCode = grpc.StatusCode.INTERNAL
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -22,29 +36,17 @@ class ServegraphError(Exception):
 class InvalidInput(ServegraphError):
     """The request is malformed or does not fit the model's signature (the caller's fault)."""
 
-    http_status = 400
-    grpc_status = grpc.StatusCode.INVALID_ARGUMENT
-
 
 class ModelNotFound(ServegraphError):
     """No such model, or no such version of it."""
-
-    http_status = 404
-    grpc_status = grpc.StatusCode.NOT_FOUND
 
 
 class ModelNotReady(ServegraphError):
     """The model exists but cannot serve now (loading, failed, draining)."""
 
-    http_status = 503
-    grpc_status = grpc.StatusCode.UNAVAILABLE
-
 
 class QueueFull(ServegraphError):
     """The batcher's bounded queue is full; ``retry_after`` is a hint in seconds."""
-
-    http_status = 503
-    grpc_status = grpc.StatusCode.UNAVAILABLE
 
     def __init__(self, message: str, retry_after: float) -> None:
         super().__init__(message)
@@ -54,36 +56,21 @@ class QueueFull(ServegraphError):
 class ShuttingDown(ServegraphError):
     """The server is draining after SIGTERM and takes no new work."""
 
-    http_status = 503
-    grpc_status = grpc.StatusCode.UNAVAILABLE
-
 
 class DeadlineExceeded(ServegraphError):
     """The caller's deadline (or the queue policy's timeout) passed before the model ran."""
-
-    http_status = 504
-    grpc_status = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 class PayloadTooLarge(ServegraphError):
     """The request body is over the configured limit."""
 
-    http_status = 413
-    grpc_status = grpc.StatusCode.RESOURCE_EXHAUSTED
-
 
 class ModelError(ServegraphError):
     """The model itself failed (raised, or returned something unusable)."""
 
-    http_status = 500
-    grpc_status = grpc.StatusCode.INTERNAL
-
 
 class Unsupported(ServegraphError):
     """A protocol feature this server does not implement."""
-
-    http_status = 400
-    grpc_status = grpc.StatusCode.UNIMPLEMENTED
 
 
 class ChildCallError(Exception):
@@ -118,23 +105,41 @@ class UnknownRequestId(ModelNotFound):
     """Feedback names a request id the router does not remember (never seen, or forgotten)."""
 
 
-ERROR_TABLE: dict[type[ServegraphError], tuple[int, grpc.StatusCode]] = {
-    cls: (cls.http_status, cls.grpc_status)
-    for cls in (
-        InvalidInput,
-        ModelNotFound,
-        ModelNotReady,
-        QueueFull,
-        ShuttingDown,
-        DeadlineExceeded,
-        PayloadTooLarge,
-        ModelError,
-        Unsupported,
-        ChildUnavailable,
-        ChildDeadlineExceeded,
-        ChildRejected,
-        ChildFailed,
-        UnknownRequestId,
-    )
+class PermissionDenied(ServegraphError):
+    """An endpoint this server's settings switch off (model control, as Triton's mode none)."""
+
+
+MODEL_CONTROL_DISABLED = (
+    "model control is disabled: servegraph loads what the model repository holds"
+    " (see --repository-poll-secs)"
+)
+
+
+
+ERROR_TABLE: dict[type[ServegraphError], tuple[int, Code]] = {
+    ServegraphError: (500, Code.INTERNAL),
+    InvalidInput: (400, Code.INVALID_ARGUMENT),
+    ModelNotFound: (404, Code.NOT_FOUND),
+    ModelNotReady: (503, Code.UNAVAILABLE),
+    QueueFull: (503, Code.UNAVAILABLE),
+    ShuttingDown: (503, Code.UNAVAILABLE),
+    DeadlineExceeded: (504, Code.DEADLINE_EXCEEDED),
+    PayloadTooLarge: (413, Code.RESOURCE_EXHAUSTED),
+    ModelError: (500, Code.INTERNAL),
+    Unsupported: (400, Code.UNIMPLEMENTED),
+    PermissionDenied: (403, Code.PERMISSION_DENIED),
+    ChildUnavailable: (503, Code.UNAVAILABLE),
+    ChildDeadlineExceeded: (504, Code.DEADLINE_EXCEEDED),
+    ChildRejected: (400, Code.INVALID_ARGUMENT),
+    ChildFailed: (500, Code.INTERNAL),
+    UnknownRequestId: (404, Code.NOT_FOUND),
 }
-"""(HTTP status, gRPC code) for every error class; tests walk this table."""
+"""(HTTP status, canonical code) per error class: the one table both transports answer from."""
+
+
+def status_of(exc: ServegraphError) -> tuple[int, Code]:
+    """The table's row for ``exc``: its own class's, else the nearest listed base class's."""
+    for cls in type(exc).__mro__:
+        if cls in ERROR_TABLE:
+            return ERROR_TABLE[cls]
+    return ERROR_TABLE[ServegraphError]

@@ -18,10 +18,15 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
-from servegraph.operator.local import LocalGraph
+from servegraph.local.runner import LocalGraph
 from servegraph.operator.render import RenderError
-from servegraph.operator.storage import StorageError, cache_target, fetch_model, model_folder_name
 from servegraph.runtime.repository.layout import read_config, scan
+from servegraph.runtime.storage import (
+    StorageError,
+    cache_target,
+    fetch_model,
+    model_folder_name,
+)
 from tests.examples.test_graph_examples import GRAPHS, scorer
 
 SCORER = GRAPHS / "models" / "scorer"

@@ -18,10 +18,13 @@ from aiohttp import web
 from servegraph.runtime.dataplane import DataPlane
 from servegraph.runtime.protocol import rest_codec
 from servegraph.runtime.protocol.errors import (
+    MODEL_CONTROL_DISABLED,
     InvalidInput,
     PayloadTooLarge,
+    PermissionDenied,
     QueueFull,
     ServegraphError,
+    status_of,
 )
 
 log = logging.getLogger(__name__)
@@ -37,7 +40,7 @@ def _json(data: object, status: int = 200) -> web.Response:
 
 
 def error_response(exc: ServegraphError) -> web.Response:
-    response = _json({"error": exc.message}, status=exc.http_status)
+    response = _json({"error": exc.message}, status=status_of(exc)[0])
     if isinstance(exc, QueueFull):
         response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
         response.headers["X-Retry-After-Ms"] = str(max(1, round(exc.retry_after * 1000)))
@@ -54,7 +57,7 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        if exc.status == PayloadTooLarge.http_status:
+        if exc.status == 413:
             return error_response(PayloadTooLarge(exc.text or exc.reason))
         response = _json({"error": f"{exc.reason}: {request.method} {request.path}"}, status=exc.status)
         if exc.status == 405 and "Allow" in exc.headers:
@@ -131,13 +134,7 @@ def create_app(dataplane: DataPlane) -> web.Application:
         return _json(dataplane.repository_index(ready_only))
 
     async def model_control(request: web.Request) -> web.Response:
-        return _json(
-            {
-                "error": "model control is disabled: servegraph loads what the model repository "
-                "holds (see --repository-poll-secs)"
-            },
-            status=403,
-        )
+        raise PermissionDenied(MODEL_CONTROL_DISABLED)
 
     async def infer(request: web.Request) -> web.Response:
         arrived = time.monotonic()

@@ -6,6 +6,7 @@ import struct
 
 import numpy as np
 
+from servegraph.runtime.protocol.datatype_names import DATATYPES
 from servegraph.runtime.protocol.errors import InvalidInput
 
 V2_TO_NUMPY: dict[str, np.dtype] = {
@@ -24,6 +25,8 @@ V2_TO_NUMPY: dict[str, np.dtype] = {
     "BYTES": np.dtype(np.object_),
 }
 """Every v2 datatype numpy can hold (BF16 has no numpy dtype and is refused)."""
+
+assert tuple(V2_TO_NUMPY) == DATATYPES, "datatype_names.DATATYPES and V2_TO_NUMPY must agree"
 
 _NUMPY_TO_V2: dict[np.dtype, str] = {v: k for k, v in V2_TO_NUMPY.items()}
 

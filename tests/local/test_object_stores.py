@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
-from servegraph.operator.local import LocalGraph
-from servegraph.operator.storage import StorageError, fetch_model
+from servegraph.local.runner import LocalGraph
+from servegraph.runtime.storage import StorageError, fetch_model
 from tests.examples.test_graph_examples import GRAPHS, scorer
-from tests.operator.test_storage import SCORER, assert_scorer_layout, scorer_tar
+from tests.local.test_storage import SCORER, assert_scorer_layout, scorer_tar
 
 boto3 = pytest.importorskip("boto3")
 moto_server = pytest.importorskip("moto.server")

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from servegraph.runtime.protocol.datatypes import V2_TO_NUMPY
+from servegraph.runtime.protocol.datatype_names import DATATYPES
 
 Backend = Literal["python", "onnxruntime"]
 
@@ -23,8 +23,8 @@ def v2_datatype(value: str) -> str:
     """A config datatype as its v2 name: Triton's ``TYPE_FP32`` -> ``FP32``, ``TYPE_STRING`` -> ``BYTES``."""
     value = value.removeprefix("TYPE_").upper()
     value = {"STRING": "BYTES"}.get(value, value)
-    if value not in V2_TO_NUMPY:
-        raise ValueError(f"data_type must be one of {', '.join(V2_TO_NUMPY)}, got {value!r}")
+    if value not in DATATYPES:
+        raise ValueError(f"data_type must be one of {', '.join(DATATYPES)}, got {value!r}")
     return value
 
 

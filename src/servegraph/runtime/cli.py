@@ -7,6 +7,8 @@ import asyncio
 import logging
 import os
 import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from servegraph.runtime.config import ServerSettings
 from servegraph.runtime.server import Server
@@ -55,6 +57,7 @@ def run_serve(args: argparse.Namespace) -> int:
         strict_readiness=args.strict_readiness,
         exit_timeout_secs=args.exit_timeout_secs,
     )
+    runner: Callable[[Coroutine[Any, Any, bool]], bool]
     try:
         import uvloop
 

@@ -78,7 +78,8 @@ class Server:
         await site.start()
         self._runners.append(runner)
         self._sites.append(site)
-        sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
+        server = site._server
+        sockets = server.sockets if isinstance(server, asyncio.Server) else []
         return sockets[0].getsockname()[1] if sockets else port
 
     async def start(self) -> Ports:

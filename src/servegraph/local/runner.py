@@ -27,16 +27,16 @@ from typing import IO
 
 import yaml
 
+from servegraph.local.repository import write_model_repository
 from servegraph.operator.manifest import load_manifest
 from servegraph.operator.render import (
     Endpoint,
     RenderedGraph,
     RenderError,
     render_graph,
-    write_model_repository,
 )
-from servegraph.operator.storage import StorageError, cache_target, fetch_model
 from servegraph.ports import free_port
+from servegraph.runtime.storage import StorageError, cache_target, fetch_model
 
 
 class GraphStartError(RuntimeError):

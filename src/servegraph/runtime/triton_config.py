@@ -115,4 +115,5 @@ def to_proto(config: ModelConfig) -> mc.ModelConfig:
 
 def to_json(config: ModelConfig) -> dict[str, Any]:
     """The config as Triton's HTTP endpoint returns it (protobuf JSON, snake_case)."""
-    return json_format.MessageToDict(to_proto(config), preserving_proto_field_name=True)
+    data: dict[str, Any] = json_format.MessageToDict(to_proto(config), preserving_proto_field_name=True)
+    return data

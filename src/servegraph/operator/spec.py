@@ -177,6 +177,24 @@ class Toleration(_Spec):
     )
 
 
+class Autoscaling(_Spec):
+    """A HorizontalPodAutoscaler for the node's Deployment (Kubernetes only)."""
+
+    min_replicas: int = Field(1, ge=1, description="Fewest pods the autoscaler keeps.")
+    max_replicas: int = Field(ge=1, description="Most pods the autoscaler may run.")
+    target_cpu_utilization_percentage: int | None = Field(
+        None, ge=1, le=1000, description="Average CPU use (percent of requests) to aim for."
+    )
+    target_concurrency: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "Average in-flight requests per pod to aim for (the pods metric"
+            " servegraph_inflight_requests; needs a custom-metrics adapter)."
+        ),
+    )
+
+
 class ModelSpec(_Spec):
     """A model served by the dynamic-batching runtime from a Triton-layout model folder."""
 
@@ -210,6 +228,18 @@ class ModelSpec(_Spec):
     )
     tolerations: list[Toleration] = Field(
         default_factory=list, description="Kubernetes tolerations for the model's pods."
+    )
+    storage_secret: str | None = Field(
+        None,
+        pattern=DNS_LABEL,
+        max_length=253,
+        description=(
+            "Secret whose keys become the model puller's environment (AWS_ACCESS_KEY_ID,"
+            " GOOGLE_APPLICATION_CREDENTIALS, ...); only the init container sees it."
+        ),
+    )
+    autoscaling: Autoscaling | None = Field(
+        None, description="Scale the model's pods with load; replaces replicas."
     )
 
 

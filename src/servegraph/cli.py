@@ -17,7 +17,7 @@ from servegraph.runtime.cli import add_serve_parser
 
 
 def _run(args: argparse.Namespace) -> int:
-    from servegraph.operator.local import run
+    from servegraph.local.runner import run
 
     return run(Path(args.manifest), args.host, args.http_port, args.grpc_port, args.metrics_port)
 
@@ -36,7 +36,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _fetch(args: argparse.Namespace) -> int:
-    from servegraph.operator.storage import StorageError, fetch_model
+    from servegraph.runtime.storage import StorageError, fetch_model
 
     try:
         folder = fetch_model(args.uri, Path(args.dest), timeout=args.timeout)

@@ -21,9 +21,20 @@ from tritonclient.grpc import service_pb2_grpc
 
 from servegraph.runtime.dataplane import DataPlane
 from servegraph.runtime.protocol import grpc_codec
-from servegraph.runtime.protocol.errors import QueueFull, ServegraphError
+from servegraph.runtime.protocol.errors import (
+    MODEL_CONTROL_DISABLED,
+    PermissionDenied,
+    QueueFull,
+    ServegraphError,
+    status_of,
+)
 
 log = logging.getLogger(__name__)
+
+
+def grpc_status(exc: ServegraphError) -> grpc.StatusCode:
+    """The gRPC status for ``exc``: the error table's canonical code, by name."""
+    return grpc.StatusCode[status_of(exc)[1]]
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: ServegraphError) -> NoReturn:
@@ -31,7 +42,7 @@ async def _abort(context: grpc.aio.ServicerContext, exc: ServegraphError) -> NoR
         context.set_trailing_metadata(
             (("grpc-retry-pushback-ms", str(max(1, round(exc.retry_after * 1000)))),)
         )
-    await context.abort(exc.grpc_status, exc.message)
+    await context.abort(grpc_status(exc), exc.message)
     raise AssertionError("unreachable")  # context.abort raises
 
 
@@ -51,7 +62,7 @@ def _deadline(context: grpc.aio.ServicerContext) -> float | None:
     return None if remaining is None else time.monotonic() + remaining
 
 
-class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
+class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]  # protoc stubs are untyped
     """Every RPC is a thin translation onto the DataPlane."""
 
     def __init__(self, dataplane: DataPlane) -> None:
@@ -100,10 +111,10 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return json_format.ParseDict({"models": rows}, pb.RepositoryIndexResponse())
 
     async def RepositoryModelLoad(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(grpc.StatusCode.PERMISSION_DENIED, "model control is disabled")
+        await _abort(context, PermissionDenied(MODEL_CONTROL_DISABLED))
 
     async def RepositoryModelUnload(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(grpc.StatusCode.PERMISSION_DENIED, "model control is disabled")
+        await _abort(context, PermissionDenied(MODEL_CONTROL_DISABLED))
 
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         # Abort outside the try: context.abort raises an Exception that must not be caught here.
