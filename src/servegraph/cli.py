@@ -5,6 +5,7 @@
     servegraph validate MANIFEST.yaml           check a manifest and print what is wrong
     servegraph fetch URI DEST                   fetch a storageUri into a model folder
                                                 (the model puller a pod's init container runs)
+    servegraph operator                         the Kubernetes operator (pip install servegraph[operator])
 """
 
 from __future__ import annotations
@@ -44,7 +45,43 @@ def _fetch(args: argparse.Namespace) -> int:
         print(f"servegraph fetch: {exc}", file=sys.stderr)
         return 1
     print(f"{args.uri} -> {folder}")
+    if args.overrides:
+        return _write_repository(args, folder)
     return 0
+
+
+def _write_repository(args: argparse.Namespace, folder: Path) -> int:
+    """In a pod: the fetched folder with the spec's overrides, as a one-model repository."""
+    from servegraph.local.repository import write_model_repository
+    from servegraph.operator.render import ConfigOverrides, RenderedModel, RenderError
+
+    try:
+        overrides = ConfigOverrides.model_validate_json(Path(args.overrides).read_text())
+        model = RenderedModel(
+            node=overrides.name, model_name=overrides.name, repository_files={overrides.name: folder},
+            overrides=overrides, storage_uri=args.uri,
+        )  # fmt: skip
+        written = write_model_repository(model, Path(args.repository))
+    except (OSError, ValueError, RenderError) as exc:
+        print(f"servegraph fetch: {exc}", file=sys.stderr)
+        return 1
+    print(f"{folder} + {args.overrides} -> {written}")
+    return 0
+
+
+def _add_operator(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    try:
+        from servegraph.operator.main import add_operator_parser
+    except ImportError:  # kopf and kubernetes come with servegraph[operator]
+        missing = subparsers.add_parser("operator", help="the Kubernetes operator (needs servegraph[operator])")
+        missing.set_defaults(func=lambda _: _needs_operator_extra())
+        return
+    add_operator_parser(subparsers)
+
+
+def _needs_operator_extra() -> int:
+    print("servegraph operator: kopf and kubernetes are missing; pip install 'servegraph[operator]'", file=sys.stderr)
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,7 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     fetch.add_argument("uri", help="http(s):// archive, s3://bucket/prefix, gs://bucket/prefix, or a local path")
     fetch.add_argument("dest", help="the model folder to create (replaced once the fetch succeeds)")
     fetch.add_argument("--timeout", type=float, default=60.0, help="seconds per network operation")
+    fetch.add_argument("--overrides", help="a model node's ConfigOverrides JSON (the operator's ConfigMap)")
+    fetch.add_argument("--repository", default="/models", help="with --overrides: the repository to write")
     fetch.set_defaults(func=_fetch)
+    _add_operator(subparsers)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

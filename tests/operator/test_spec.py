@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import json
 from pathlib import Path
 from typing import Any, get_args
@@ -14,7 +13,7 @@ from servegraph.operator.manifest import load_manifest, parse_manifest
 from servegraph.operator.spec import Datatype, ModelDeployment
 from servegraph.operator.validation import SpecError, validate
 from servegraph.runtime.protocol.datatypes import V2_TO_NUMPY
-from tests.operator.conftest import GRAPH, MANIFESTS, ROOT, node
+from tests.operator.conftest import GRAPH, MANIFESTS, node
 
 EXAMPLES = sorted(MANIFESTS.glob("*.yaml"))
 

@@ -1,0 +1,212 @@
+"""The operator's desired objects: every example rendered, validated and held to PSS "restricted"."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from servegraph.operator.children import (
+    CONFIG_HASH,
+    GPU_TOLERATION,
+    desired_children,
+    object_name,
+)
+from servegraph.operator.manifest import load_manifest, parse_manifest
+from servegraph.operator.settings import OperatorSettings
+from servegraph.operator.spec import ModelDeployment
+from servegraph.operator.validation import SpecError
+from tests.operator.conftest import GRAPH, MANIFESTS, ROOT, node
+
+EXAMPLES = sorted((ROOT / "examples" / "graphs").glob("*.yaml")) + sorted(MANIFESTS.glob("*.yaml"))
+SETTINGS = OperatorSettings()
+UID = "0b9f7a3e-1111-4222-8333-444455556666"
+
+
+def _objects(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    return desired_children(parse_manifest(manifest), UID, SETTINGS).objects
+
+
+def assert_restricted(pod: dict[str, Any]) -> None:
+    """Pod Security Standards "restricted" (v1.33), plus what servegraph adds for data-plane pods."""
+    security = pod.get("securityContext") or {}
+    assert pod.get("automountServiceAccountToken") is False
+    assert not pod.get("hostNetwork") and not pod.get("hostPID") and not pod.get("hostIPC")
+    allowed_volumes = {"configMap", "emptyDir", "persistentVolumeClaim", "secret", "projected", "downwardAPI"}
+    for volume in pod.get("volumes") or []:
+        kinds = set(volume) - {"name"}
+        assert kinds <= allowed_volumes, volume
+    for container in [*(pod.get("initContainers") or []), *pod["containers"]]:
+        context = container.get("securityContext") or {}
+        assert context.get("allowPrivilegeEscalation") is False, container["name"]
+        assert context.get("capabilities", {}).get("drop") == ["ALL"], container["name"]
+        assert not context.get("capabilities", {}).get("add"), container["name"]
+        assert context.get("readOnlyRootFilesystem") is True, container["name"]
+        non_root = context.get("runAsNonRoot", security.get("runAsNonRoot"))
+        user = context.get("runAsUser", security.get("runAsUser"))
+        assert non_root is True and user not in (None, 0), container["name"]
+        seccomp = (context.get("seccompProfile") or security.get("seccompProfile") or {}).get("type")
+        assert seccomp in ("RuntimeDefault", "Localhost"), container["name"]
+        assert not context.get("privileged"), container["name"]
+        for port in container.get("ports") or []:
+            assert "hostPort" not in port
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_every_object_of_every_example_is_valid_kubernetes(path: Path) -> None:
+    deployment = load_manifest(path)
+    objects = desired_children(deployment, UID, SETTINGS).objects
+    kinds = [o["kind"] for o in objects]
+    assert kinds[0] == "ConfigMap" and kinds.count("Deployment") == kinds.count("Service")
+    for obj in objects:
+        kubernetes_validate.validate(obj, "1.33.0", strict=True)
+        meta = obj["metadata"]
+        assert "generateName" not in meta
+        assert len(meta["name"]) <= 63
+        assert meta["labels"]["app.kubernetes.io/managed-by"] == "servegraph"
+        assert meta["labels"]["app.kubernetes.io/part-of"] == deployment.metadata.name
+        (owner,) = meta["ownerReferences"]
+        assert owner == {
+            "apiVersion": "servegraph.io/v1alpha1", "kind": "ModelDeployment", "name": owner["name"],
+            "uid": UID, "controller": True, "blockOwnerDeletion": True,
+        }  # fmt: skip
+        if obj["kind"] == "Deployment":
+            template = obj["spec"]["template"]
+            assert_restricted(template["spec"])
+            assert obj["spec"]["selector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
+            assert obj["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+            (container,) = template["spec"]["containers"]
+            assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+            assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+            assert container["startupProbe"]["failureThreshold"] * container["startupProbe"]["periodSeconds"] >= 600
+            assert template["spec"]["terminationGracePeriodSeconds"] > SETTINGS.exit_timeout_secs
+        if obj["kind"] == "Service":
+            assert [(p["name"], p["port"]) for p in obj["spec"]["ports"]] == [
+                ("http", 8000), ("grpc", 8001), ("metrics", 8002),
+            ]  # fmt: skip
+
+
+def test_rendering_is_deterministic() -> None:
+    assert _objects(GRAPH) == _objects(copy.deepcopy(GRAPH))
+
+
+def _by_name(objects: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {o["metadata"]["name"]: o for o in objects if o["kind"] == kind}
+
+
+def test_children_are_wired_by_service_dns_names() -> None:
+    objects = _objects(GRAPH)
+    config = objects[0]["data"]
+    assert sorted(config) == ["a.overrides.json", "b.overrides.json", "c.overrides.json", "ens.json", "pre.json", "split.json"]
+    split = yaml.safe_load(config["split.json"])
+    assert [c["grpc"] for c in split["children"]] == ["graph-a.default.svc:8001", "graph-ens.default.svc:8001"]
+    pre = _by_name(objects, "Deployment")["graph-pre"]["spec"]["template"]["spec"]["containers"][0]
+    assert pre["args"][-2:] == ["--node-config", "/etc/servegraph/pre.json"]
+
+
+def test_a_changed_node_rolls_only_its_own_deployment() -> None:
+    before = _by_name(_objects(GRAPH), "Deployment")
+    changed = copy.deepcopy(GRAPH)
+    node(changed, "ens")["combiner"] = {"method": "Max"}
+    after = _by_name(_objects(changed), "Deployment")
+    rolled = [n for n in before if before[n]["spec"]["template"] != after[n]["spec"]["template"]]
+    assert rolled == ["graph-ens"]
+    hashes = {n: d["spec"]["template"]["metadata"]["annotations"][CONFIG_HASH] for n, d in after.items()}
+    assert hashes["graph-ens"] != before["graph-ens"]["spec"]["template"]["metadata"]["annotations"][CONFIG_HASH]
+
+
+def test_a_gpu_model_gets_the_gpu_image_limits_and_toleration() -> None:
+    manifest = copy.deepcopy(GRAPH)
+    node(manifest, "a")["model"].update(
+        resources={"cpu": "2", "memory": "4Gi", "gpu": 1},
+        nodeSelector={"gpu": "a100"},
+        tolerations=[{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}],
+    )
+    pod = _by_name(_objects(manifest), "Deployment")["graph-a"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"] == SETTINGS.runtime_gpu_image
+    assert pod["initContainers"][0]["image"] == SETTINGS.runtime_gpu_image
+    assert container["resources"] == {
+        "requests": {"cpu": "2", "memory": "4Gi"},
+        "limits": {"cpu": "2", "memory": "4Gi", "nvidia.com/gpu": "1"},
+    }
+    assert pod["nodeSelector"] == {"gpu": "a100"}
+    assert pod["tolerations"] == [
+        {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}, GPU_TOLERATION,
+    ]  # fmt: skip
+    other = _by_name(_objects(manifest), "Deployment")["graph-b"]["spec"]["template"]["spec"]
+    assert other["containers"][0]["image"] == SETTINGS.runtime_image and "tolerations" not in other
+
+
+def test_credentials_reach_only_the_model_puller() -> None:
+    manifest = copy.deepcopy(GRAPH)
+    node(manifest, "a")["model"].update(storageUri="s3://bucket/models/a", storageSecret="s3-creds")
+    pod = _by_name(_objects(manifest), "Deployment")["graph-a"]["spec"]["template"]["spec"]
+    (fetch,) = pod["initContainers"]
+    assert fetch["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
+    assert fetch["args"][:3] == ["fetch", "s3://bucket/models/a", "/var/lib/servegraph/fetched/a"]
+    assert "--overrides" in fetch["args"] and "envFrom" not in pod["containers"][0] and "env" not in pod["containers"][0]
+
+
+def test_a_pvc_uri_is_mounted_read_only() -> None:
+    manifest = copy.deepcopy(GRAPH)
+    node(manifest, "b")["model"]["storageUri"] = "pvc://models-claim/scorers/b"
+    pod = _by_name(_objects(manifest), "Deployment")["graph-b"]["spec"]["template"]["spec"]
+    assert {"name": "claim", "persistentVolumeClaim": {"claimName": "models-claim", "readOnly": True}} in pod["volumes"]
+    assert pod["initContainers"][0]["args"][1] == "/mnt/models/scorers/b"
+    assert {"name": "claim", "mountPath": "/mnt/models", "readOnly": True} in pod["initContainers"][0]["volumeMounts"]
+
+
+def test_autoscaling_leaves_replicas_to_the_hpa_and_adds_a_budget() -> None:
+    manifest = copy.deepcopy(GRAPH)
+    node(manifest, "a")["model"]["autoscaling"] = {"minReplicas": 2, "maxReplicas": 5, "targetCpuUtilizationPercentage": 70}
+    node(manifest, "b")["model"]["replicas"] = 3
+    objects = _objects(manifest)
+    deployments = _by_name(objects, "Deployment")
+    assert "replicas" not in deployments["graph-a"]["spec"] and deployments["graph-b"]["spec"]["replicas"] == 3
+    (hpa,) = _by_name(objects, "HorizontalPodAutoscaler").values()
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "graph-a"
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 5)
+    assert hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"] == 70
+    assert sorted(_by_name(objects, "PodDisruptionBudget")) == ["graph-a", "graph-b"]
+    for obj in objects:
+        kubernetes_validate.validate(obj, "1.33.0", strict=True)
+
+
+def test_long_names_stay_dns_labels_and_distinct() -> None:
+    manifest = copy.deepcopy(GRAPH)
+    manifest["metadata"]["name"] = "m" * 60
+    deployment: ModelDeployment = parse_manifest(manifest)
+    names = {object_name(deployment, n) for n in ("a", "b", "c", "ens", "pre", "split")}
+    assert len(names) == 6 and all(len(n) <= 63 for n in names)
+
+
+def test_an_invalid_spec_renders_nothing() -> None:
+    manifest = copy.deepcopy(GRAPH)
+    node(manifest, "split")["children"] = ["a", "nowhere"]
+    with pytest.raises(SpecError, match="nowhere"):
+        _objects(manifest)
+
+
+RESOURCE_CASES = [
+    {},
+    {"resources": {"cpu": "500m", "memory": "1Gi"}},
+    {"resources": {"gpu": 2}, "replicas": 2},
+    {"storageUri": "pvc://claim/x", "tolerations": [{"operator": "Exists"}]},
+    {"autoscaling": {"maxReplicas": 3, "targetConcurrency": 8}},
+]
+
+
+@pytest.mark.parametrize("extra", RESOURCE_CASES)
+def test_every_pod_is_restricted_whatever_the_model_asks(extra: dict[str, Any]) -> None:
+    manifest = copy.deepcopy(GRAPH)
+    for name in ("a", "b", "c"):
+        node(manifest, name)["model"].update(copy.deepcopy(extra))
+    for obj in _objects(manifest):
+        kubernetes_validate.validate(obj, "1.33.0", strict=True)
+        if obj["kind"] == "Deployment":
+            assert_restricted(obj["spec"]["template"]["spec"])
