@@ -274,6 +274,8 @@ def _fetch_container(model: RenderedModel, node: Node, image: str, settings: Ope
     if uri.startswith("pvc://"):
         claim_path = uri.removeprefix("pvc://").partition("/")[2]
         uri = f"{PVC_MOUNT}/{claim_path}".rstrip("/")
+    elif "://" not in uri and not uri.startswith("/"):
+        uri = f"{settings.relative_model_root}/{uri}"
     container: Object = {
         "name": "fetch-model",
         "image": image,

@@ -43,6 +43,13 @@ class OperatorSettings(BaseModel):
     startup_timeout_secs: int = Field(
         600, ge=10, description="How long a pod may load and warm up before it is restarted."
     )
+    relative_model_root: str = Field(
+        "/opt/servegraph/examples/graphs",
+        description=(
+            "Where a relative storageUri (written for servegraph run) is looked up inside the"
+            " runtime image, which ships the examples there."
+        ),
+    )
     resync_secs: float = Field(
         60.0, gt=0, description="How often each ModelDeployment's children are compared anyway."
     )
