@@ -34,7 +34,8 @@ def _objects(manifest: dict[str, Any]) -> list[dict[str, Any]]:
 def assert_restricted(pod: dict[str, Any]) -> None:
     """Pod Security Standards "restricted" (v1.33), plus what servegraph adds for data-plane pods."""
     security = pod.get("securityContext") or {}
-    assert pod.get("automountServiceAccountToken") is False
+    # Only a bandit router reaches the API, with its own account limited to its state ConfigMap.
+    assert pod.get("automountServiceAccountToken") is bool(pod.get("serviceAccountName"))
     assert not pod.get("hostNetwork") and not pod.get("hostPID") and not pod.get("hostIPC")
     allowed_volumes = {"configMap", "emptyDir", "persistentVolumeClaim", "secret", "projected", "downwardAPI"}
     for volume in pod.get("volumes") or []:
@@ -210,3 +211,23 @@ def test_every_pod_is_restricted_whatever_the_model_asks(extra: dict[str, Any]) 
         kubernetes_validate.validate(obj, "1.33.0", strict=True)
         if obj["kind"] == "Deployment":
             assert_restricted(obj["spec"]["template"]["spec"])
+
+
+def test_a_bandit_router_shares_its_state_through_a_config_map_only_it_may_touch() -> None:
+    deployment = load_manifest(ROOT / "examples" / "graphs" / "bandit.yaml")
+    objects = desired_children(deployment, UID, SETTINGS).objects
+    (router,) = [n.name for n in deployment.spec.nodes if n.router is not None and n.router.strategy in ("EpsilonGreedy", "ThompsonSampling")]
+    name = object_name(deployment, router)
+    state = f"{name}-state"
+    config = yaml.safe_load(objects[0]["data"][f"{router}.json"])
+    assert config["router"]["state_config_map"] == state and not config["router"].get("state_file")
+    (role,) = [o for o in objects if o["kind"] == "Role"]
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [state], "verbs": ["get", "patch"]}]
+    (binding,) = [o for o in objects if o["kind"] == "RoleBinding"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": name, "namespace": deployment.metadata.namespace}]
+    assert state in [o["metadata"]["name"] for o in objects if o["kind"] == "ConfigMap"]
+    pod = next(o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == name)["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == name and pod["automountServiceAccountToken"] is True
+    assert [e["name"] for e in pod["containers"][0]["env"]] == ["POD_NAME", "POD_NAMESPACE"]
+    others = [o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] != name]
+    assert all(o["spec"]["template"]["spec"]["automountServiceAccountToken"] is False for o in others)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from servegraph.operator.render import (
@@ -26,7 +26,7 @@ from servegraph.operator.render import (
     render_graph,
 )
 from servegraph.operator.settings import OperatorSettings
-from servegraph.operator.spec import API_VERSION, KIND, ModelDeployment, Node
+from servegraph.operator.spec import API_VERSION, BANDITS, KIND, ModelDeployment, Node
 from servegraph.runtime.graph.config import NodeConfig
 
 Object = dict[str, Any]
@@ -52,6 +52,8 @@ ROLES = {"Model": "model", "Router": "router", "Combiner": "combiner", "Transfor
 LABEL_DEPLOYMENT = "servegraph.io/deployment"
 LABEL_NODE = "servegraph.io/node"
 LABEL_ROLE = "servegraph.io/role"
+LABEL_STATE = "servegraph.io/state"
+"""On a bandit router's state ConfigMap: its replicas write it, so its changes wake nobody."""
 
 
 # ----------------------------------------------------------------------------- names
@@ -127,9 +129,27 @@ class DesiredChildren:
     """Where a client sends requests: the entrypoint's Service and v2 model name."""
 
 
+def state_config_map_name(deployment: ModelDeployment, node: str) -> str:
+    """The ConfigMap a bandit router's replicas share their learned state through."""
+    return _bounded(f"{deployment.metadata.name}-{node}-state", 253)
+
+
+def is_bandit(node: Node) -> bool:
+    return node.router is not None and node.router.strategy in BANDITS
+
+
 def render_for_cluster(deployment: ModelDeployment) -> RenderedGraph:
-    """``render_graph`` with Service DNS names as endpoints (raises SpecError when invalid)."""
-    return render_graph(deployment, lambda node: endpoint(deployment, node), state_dir="/var/lib/servegraph/state")
+    """``render_graph`` with Service DNS names as endpoints (raises SpecError when invalid).
+
+    Bandit routers keep their state in a ConfigMap all their replicas share.
+    """
+    graph = render_graph(deployment, lambda node: endpoint(deployment, node))
+    nodes = dict(graph.nodes)
+    for name, config in graph.nodes.items():
+        if config.router is not None and is_bandit(deployment.node(name)):
+            router = config.router.model_copy(update={"state_config_map": state_config_map_name(deployment, name)})
+            nodes[name] = config.model_copy(update={"router": router})
+    return replace(graph, nodes=nodes)
 
 
 def desired_children(deployment: ModelDeployment, uid: str, settings: OperatorSettings) -> DesiredChildren:
@@ -147,6 +167,8 @@ def desired_children(deployment: ModelDeployment, uid: str, settings: OperatorSe
             objects.append(_autoscaler(deployment, node, owner))
         if _most_replicas(node) > 1:
             objects.append(_disruption_budget(deployment, node, owner))
+        if is_bandit(node):
+            objects.extend(_router_state(deployment, node, owner))
     entry = endpoint(deployment, graph.entrypoint)
     url = f"http://{entry.http}/v2/models/{graph.entry_model}"
     return DesiredChildren(objects, graph, url)
@@ -306,8 +328,6 @@ def _mounts(node: Node, fetch: bool = False) -> list[Object]:
             mounts.append({"name": "fetched", "mountPath": FETCH_MOUNT})
         if node.model is not None and node.model.storage_uri.strip().startswith("pvc://"):
             mounts.append({"name": "claim", "mountPath": PVC_MOUNT, "readOnly": True})
-    elif node.router is not None:
-        mounts.append({"name": "state", "mountPath": "/var/lib/servegraph/state"})
     return mounts
 
 
@@ -323,8 +343,6 @@ def _volumes(deployment: ModelDeployment, node: Node) -> list[Object]:
         if uri.startswith("pvc://"):
             claim = uri.removeprefix("pvc://").partition("/")[0]
             volumes.append({"name": "claim", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
-    elif node.router is not None:
-        volumes.append({"name": "state", "emptyDir": {}})
     return volumes
 
 
@@ -355,8 +373,10 @@ def pod_spec(deployment: ModelDeployment, node: Node, graph: RenderedGraph, sett
     resources = _resources(node)
     if resources:
         container["resources"] = resources
+    bandit = is_bandit(node)
     spec: Object = {
-        "automountServiceAccountToken": False,
+        # Only a bandit router talks to the API (its state ConfigMap), with its own account.
+        "automountServiceAccountToken": bandit,
         "enableServiceLinks": False,
         "securityContext": {
             "runAsNonRoot": True,
@@ -369,6 +389,12 @@ def pod_spec(deployment: ModelDeployment, node: Node, graph: RenderedGraph, sett
         "containers": [container],
         "volumes": _volumes(deployment, node),
     }
+    if bandit:
+        spec["serviceAccountName"] = object_name(deployment, node.name)
+        container["env"] = [
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        ]
     if node.type == "Model":
         spec["initContainers"] = [_fetch_container(graph.models[node.name], node, image, settings)]
     model = node.model
@@ -488,3 +514,39 @@ def _disruption_budget(deployment: ModelDeployment, node: Node, owner: Object) -
         "metadata": _metadata(deployment, object_name(deployment, node.name), owner, node),
         "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector(deployment, node)}},
     }
+
+
+def _router_state(deployment: ModelDeployment, node: Node, owner: Object) -> list[Object]:
+    """A bandit router's shared state: the ConfigMap, and an account that may touch only it."""
+    name = object_name(deployment, node.name)
+    state = state_config_map_name(deployment, node.name)
+    config_map: Object = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(deployment, state, owner, node),
+        # The replicas own the data; an empty desired map never overwrites it.
+        "data": {},
+    }
+    config_map["metadata"]["labels"][LABEL_STATE] = "true"
+    account = {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": _metadata(deployment, name, owner, node),
+        "automountServiceAccountToken": False,
+    }
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": _metadata(deployment, name, owner, node),
+        "rules": [
+            {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [state], "verbs": ["get", "patch"]},
+        ],
+    }
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": _metadata(deployment, name, owner, node),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": deployment.metadata.namespace}],
+    }
+    return [config_map, account, role, binding]

@@ -14,7 +14,7 @@ from typing import Any, cast
 
 import kopf
 
-from servegraph.operator.children import LABEL_DEPLOYMENT
+from servegraph.operator.children import LABEL_DEPLOYMENT, LABEL_STATE
 from servegraph.operator.reconcile import Reconciler
 from servegraph.operator.settings import ANNOTATION_PREFIX, FINALIZER
 
@@ -52,7 +52,9 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
     for group, version, plural in WATCHED_CHILDREN:
 
         @kopf.on.event(group, version, plural, labels=MANAGED, registry=registry)  # type: ignore[arg-type]
-        async def child_changed(labels: dict[str, str], namespace: str, **_: Any) -> None:
+        async def child_changed(type: str | None, labels: dict[str, str], namespace: str, **_: Any) -> None:
+            if labels.get(LABEL_STATE) and type != "DELETED":
+                return  # a router saving its bandit state: nothing of ours changed
             owner = labels.get(LABEL_DEPLOYMENT)
             if owner:
                 await reconciler.reconcile(namespace, owner)

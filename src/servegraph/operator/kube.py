@@ -55,9 +55,15 @@ RESOURCES: dict[str, Resource] = {
     "Deployment": Resource("apps", "v1", "deployments"),
     "HorizontalPodAutoscaler": Resource("autoscaling", "v2", "horizontalpodautoscalers"),
     "PodDisruptionBudget": Resource("policy", "v1", "poddisruptionbudgets"),
+    "ServiceAccount": Resource("", "v1", "serviceaccounts"),
+    "Role": Resource("rbac.authorization.k8s.io", "v1", "roles"),
+    "RoleBinding": Resource("rbac.authorization.k8s.io", "v1", "rolebindings"),
 }
 
-OWNED_KINDS = ("ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget")
+OWNED_KINDS = (
+    "ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget",
+    "ServiceAccount", "Role", "RoleBinding",
+)  # fmt: skip
 """What a ModelDeployment owns; these are pruned when the spec no longer wants them."""
 
 RETRIED = {409, 429, 500, 502, 503, 504}

@@ -49,6 +49,9 @@ class RouterSettings(_Strict):
     failover: bool = Field(False, description="Try another child when the chosen one is down.")
     feedback_memory: int = Field(10000, ge=1, description="Recent request ids remembered for feedback.")
     state_file: str = Field("", description="Where bandit state persists ('' = memory only).")
+    state_config_map: str = Field(
+        "", description="In a cluster: the ConfigMap every replica shares bandit state through (wins over state_file)."
+    )
     seed: int | None = None
 
 

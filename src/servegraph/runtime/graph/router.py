@@ -25,7 +25,7 @@ from servegraph.runtime.graph.config import NodeConfig, RouterSettings
 from servegraph.runtime.graph.feedback import FeedbackMemory, RouteRecord
 from servegraph.runtime.graph.node import FEEDBACK_TIMEOUT, GraphNode
 from servegraph.runtime.graph.shadow import ShadowCopies
-from servegraph.runtime.graph.state import DebouncedSaver, StateFile
+from servegraph.runtime.graph.state import DebouncedSaver, StateFile, StateStore
 from servegraph.runtime.graph.strategies import Primary, build_strategy
 from servegraph.runtime.metrics import ServerMetrics
 from servegraph.runtime.protocol import parameters as params
@@ -60,8 +60,14 @@ class RouterNode(GraphNode):
         self.memory = FeedbackMemory(self.settings.feedback_memory)
         self.shadow = ShadowCopies(self.node, self.graph_metrics) if isinstance(self.strategy, Primary) else None
         self.saver: DebouncedSaver | None = None
-        if self.settings.state_file:
+        state: StateStore | None = None
+        if self.settings.state_config_map:
+            from servegraph.runtime.graph.state_configmap import ConfigMapState  # only in a cluster
+
+            state = ConfigMapState(self.settings.state_config_map, self.node)
+        elif self.settings.state_file:
             state = StateFile(self.resolve(self.settings.state_file), self.node)
+        if state is not None:
             for arm, stats in state.load().items():
                 if arm in self.arms:
                     self.arms[arm] = stats
@@ -194,7 +200,7 @@ class RouterNode(GraphNode):
                 "capacity": self.memory.capacity,
                 "forgotten": self.memory.forgotten,
                 "unknown_ids": self.unknown_feedback,
-                "state_file": str(self.saver.file.path) if self.saver else "",
+                "state_file": str(getattr(self.saver.file, "path", "")) if self.saver else "",
                 "state_saves": self.saver.saves if self.saver else 0,
             },
         }

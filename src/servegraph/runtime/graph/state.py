@@ -14,7 +14,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from servegraph.runtime.graph.bandits import ArmStats
 
@@ -23,6 +23,16 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 SAVE_DELAY = 0.1
 """Seconds between the first unsaved feedback and the write that saves it."""
+
+
+class StateStore(Protocol):
+    """Where a router's arm statistics persist: a local file, or a ConfigMap in a cluster."""
+
+    node: str
+
+    def load(self) -> dict[str, ArmStats]: ...
+
+    def save(self, arms: dict[str, ArmStats]) -> None: ...
 
 
 class StateFile:
@@ -76,7 +86,7 @@ class DebouncedSaver:
     round again until a write has started after the last change.
     """
 
-    def __init__(self, file: StateFile, arms: dict[str, ArmStats]) -> None:
+    def __init__(self, file: StateStore, arms: dict[str, ArmStats]) -> None:
         self.file = file
         self.arms = arms
         self._pending: asyncio.Task[None] | None = None
@@ -101,12 +111,27 @@ class DebouncedSaver:
                 pass
             self._dirty = False
             snapshot = self._snapshot()  # on the loop thread, after the delay: all of the burst
+            before = getattr(self.file, "others", None)
             try:
                 await asyncio.to_thread(self.file.save, snapshot)
                 self.saves += 1
+                self._merge_others(before, getattr(self.file, "others", None))
             except OSError as exc:
                 self.errors += 1
-                log.error("node '%s': cannot save bandit state to %s: %s", self.file.node, self.file.path, exc)
+                log.error("node '%s': cannot save bandit state: %s", self.file.node, exc)
+
+    def _merge_others(self, before: dict[str, ArmStats] | None, after: dict[str, ArmStats] | None) -> None:
+        """A shared store's save also read the other replicas' rewards: take them into the view.
+
+        Our own share (the view minus what others had when we last looked) stays ours, so
+        feedback that arrived during the save is kept.
+        """
+        if before is None or after is None or after is before:
+            return
+        for arm, stats in self.arms.items():
+            old, new = before.get(arm, ArmStats()), after.get(arm, ArmStats())
+            stats.pulls += new.pulls - old.pulls
+            stats.reward_sum += new.reward_sum - old.reward_sum
 
     async def flush(self) -> None:
         """Write whatever is unsaved now (shutdown). The pending save is hurried, not
