@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -81,3 +82,18 @@ def test_sigterm_exits_at_the_timeout_when_a_model_is_stuck(repo: Path, tmp_path
     finally:
         gate.open()
         server.stop()
+
+
+def test_exit_on_error_names_the_model_that_failed_to_load(repo: Path) -> None:
+    """What a pod needs: a model that cannot load ends the process, its reason last on stderr."""
+    add_model(repo, "broken", fp32_model_config(), DOUBLES / "broken.py")
+    add_model(repo, "echo", fp32_model_config(), DOUBLES / "echo.py")
+    done = subprocess.run(
+        [sys.executable, "-m", "servegraph", "serve", "--model-repository", str(repo),
+         "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", "--exit-on-error", "true"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("servegraph serve: model 'broken'") and "weights are corrupt" in last
+    assert "echo" not in last

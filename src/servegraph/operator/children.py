@@ -282,6 +282,7 @@ def _serve_args(node: Node, settings: OperatorSettings) -> list[str]:
         "--grpc-port", str(GRPC_PORT),
         "--metrics-port", str(METRICS_PORT),
         "--exit-timeout-secs", str(settings.exit_timeout_secs),
+        "--exit-on-error", "true",
     ]  # fmt: skip
     if node.type == "Model":
         # The repository was written once by the init container; nothing rescans it.

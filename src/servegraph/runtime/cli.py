@@ -33,6 +33,10 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:  # type: i
     p.add_argument("--default-max-queue-size", type=int, default=1024)
     p.add_argument("--strict-readiness", type=lambda v: v.lower() in ("1", "true", "yes"), default=True)
     p.add_argument("--exit-timeout-secs", type=float, default=30.0)
+    p.add_argument(
+        "--exit-on-error", type=lambda v: v.lower() in ("1", "true", "yes"), default=False,
+        help="exit 1 naming the model when one fails to load at start (Triton's flag; the operator sets it)",
+    )
     p.add_argument("--log-level", default="INFO")
     p.set_defaults(func=run_serve)
 
@@ -56,6 +60,7 @@ def run_serve(args: argparse.Namespace) -> int:
         default_max_queue_size=args.default_max_queue_size,
         strict_readiness=args.strict_readiness,
         exit_timeout_secs=args.exit_timeout_secs,
+        exit_on_error=args.exit_on_error,
     )
     runner: Callable[[Coroutine[Any, Any, bool]], bool]
     try:
@@ -71,5 +76,9 @@ def run_serve(args: argparse.Namespace) -> int:
         return 2
     drained = runner(server.serve())
     sys.stdout.flush()
+    if server.failure:
+        # The last line: Kubernetes' FallbackToLogsOnError makes it the termination message.
+        print(f"servegraph serve: {server.failure}", file=sys.stderr, flush=True)
+        os._exit(1)
     # Model threads stuck past the exit timeout must not keep the process alive.
     os._exit(0 if drained else 1)

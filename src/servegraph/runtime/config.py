@@ -228,3 +228,11 @@ class ServerSettings(BaseModel):
         True, description="Ready only when every model is ready (Triton's default)."
     )
     exit_timeout_secs: float = Field(30.0, ge=0, description="Longest SIGTERM drain.")
+    exit_on_error: bool = Field(
+        False,
+        description=(
+            "Exit with status 1, naming the model and its error, when a model fails to load at"
+            " start (Triton's --exit-on-error); the operator sets it so a pod's termination"
+            " message carries the reason."
+        ),
+    )

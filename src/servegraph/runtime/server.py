@@ -48,6 +48,8 @@ class Server:
         self._grpc: object | None = None
         self._poller: asyncio.Task[None] | None = None
         self.stopping = asyncio.Event()
+        self.failure = ""
+        """Why the server gave up at start (exit_on_error); empty when it did not."""
 
     def _model_source(self, settings: ServerSettings, node: NodeConfig | None) -> ModelSource:
         if node is None and not settings.node_config:
@@ -96,6 +98,16 @@ class Server:
             s.host, http_port, s.host, grpc_port, s.host, metrics_port,
         )  # fmt: skip
         await self.repository.sync()
+        failed = [r for r in self.repository.index() if r["state"] == "UNAVAILABLE"]
+        if failed and s.exit_on_error:
+            self.failure = "; ".join(
+                f"model '{r['name']}'" + (f" version {r['version']}" if r.get("version") else "")
+                + f" failed to load: {r.get('reason') or 'unknown error'}"
+                for r in failed
+            )
+            log.error("%s (exit on error)", self.failure)
+            self.stopping.set()
+            return self.ports
         self.dataplane.started = True
         if s.repository_poll_secs > 0:
             self._poller = asyncio.get_running_loop().create_task(
