@@ -385,7 +385,7 @@ class ServegraphEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
-        self._rv = 0
+        self._rv = 1  # as in a real cluster, an empty list is never at resourceVersion "0"
         self._compacted_rv = 0
         self._events: list[tuple[int, references.resource, str, dict[str, Any]]] = []
         self._watchers: set[_Watcher] = set()
@@ -477,7 +477,8 @@ class ServegraphEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         """How many watch streams are open on a resource (in a namespace, or cluster-wide)."""
         wanted = kmock.resource(resource)
         return sum(1 for watcher in self._watchers
-                   if wanted.check(watcher.resource) and (namespace is None or watcher.namespace == namespace))
+                   if not watcher.expired and not watcher.closed
+                   and wanted.check(watcher.resource) and (namespace is None or watcher.namespace == namespace))
 
     @property
     def resource_version(self) -> int:
