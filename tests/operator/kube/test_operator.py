@@ -1,0 +1,118 @@
+"""A tiny kopf operator embedded against the emulator, writing through the ``kubernetes``
+client: what the real operator's tests will do, end to end."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import kopf
+import kubernetes.client
+
+from .conftest import FINALIZER, OperatorRunner
+from .emulator import MODELDEPLOYMENTS, ServegraphEmulator, eventually
+
+NS = 'ns1'
+MDEPS = f'/apis/servegraph.io/v1alpha1/namespaces/{NS}/modeldeployments'
+CMS = f'/api/v1/namespaces/{NS}/configmaps'
+JSON = {'Content-Type': 'application/json', 'Accept': 'application/json'}
+
+
+def call_api(client: kubernetes.client.ApiClient, method: str, path: str, body: Any = None) -> Any:
+    """One synchronous call with a dict body; run it in a thread (the emulator is in this loop)."""
+    return client.call_api(path, method, header_params=dict(JSON), body=body,
+                           response_types_map={200: 'object', 201: 'object'}, _return_http_data_only=True)
+
+
+def tiny_operator(client: kubernetes.client.ApiClient, resumed: list[str]) -> kopf.OperatorRegistry:
+    """On create: a ConfigMap owned by the ModelDeployment (adopted if it exists), then status.
+    On resume: recreate the ConfigMap only if it is missing (a read, then nothing)."""
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.create('servegraph.io', 'v1alpha1', 'modeldeployments', registry=registry)
+    async def create_config(name: str, namespace: str, uid: str, spec: Any, patch: kopf.Patch, **_: Any) -> None:
+        config = {
+            'apiVersion': 'v1', 'kind': 'ConfigMap',
+            'metadata': {'name': f'{name}-config', 'namespace': namespace, 'labels': {'servegraph.io/mdep': name},
+                         'ownerReferences': [{'apiVersion': 'servegraph.io/v1alpha1', 'kind': 'ModelDeployment',
+                                              'name': name, 'uid': uid, 'controller': True,
+                                              'blockOwnerDeletion': True}]},
+            'data': {'replicas': str(spec.get('replicas', 1))},
+        }
+
+        def post() -> None:
+            try:
+                call_api(client, 'POST', f'/api/v1/namespaces/{namespace}/configmaps', config)
+            except kubernetes.client.ApiException as exc:
+                if exc.status != 409:  # AlreadyExists: adopt it
+                    raise
+
+        await asyncio.to_thread(post)
+        patch.status['configMap'] = f'{name}-config'
+
+    @kopf.on.delete('servegraph.io', 'v1alpha1', 'modeldeployments', registry=registry)
+    def deleted(name: str, **_: Any) -> None:  # a deletion handler: kopf keeps a finalizer
+        pass
+
+    @kopf.on.resume('servegraph.io', 'v1alpha1', 'modeldeployments', registry=registry)
+    async def resume(name: str, namespace: str, **kwargs: Any) -> None:
+        try:
+            await asyncio.to_thread(call_api, client, 'GET', f'/api/v1/namespaces/{namespace}/configmaps/{name}-config')
+        except kubernetes.client.ApiException as exc:
+            if exc.status != 404:
+                raise
+            await create_config(name=name, namespace=namespace, **kwargs)
+        resumed.append(name)
+
+    return registry
+
+
+def mdep(name: str) -> dict[str, Any]:
+    return {'apiVersion': 'servegraph.io/v1alpha1', 'kind': 'ModelDeployment',
+            'metadata': {'name': name, 'namespace': NS}, 'spec': {'replicas': 2}}
+
+
+async def test_tiny_operator_end_to_end(
+    emulator: ServegraphEmulator, api_client: kubernetes.client.ApiClient, run_operator: OperatorRunner,
+) -> None:
+    resumed: list[str] = []
+    async with run_operator(tiny_operator(api_client, resumed)):
+        await asyncio.to_thread(call_api, api_client, 'POST', MDEPS, mdep('m1'))
+        config = await eventually(lambda: emulator.get_object('v1/configmaps', NS, 'm1-config'), what='the ConfigMap')
+        owner = emulator.get_object(MODELDEPLOYMENTS, NS, 'm1')
+        assert owner is not None
+        assert config['metadata']['ownerReferences'][0]['uid'] == owner['metadata']['uid']
+        assert config['data'] == {'replicas': '2'}
+        await eventually(lambda: (emulator.get_object(MODELDEPLOYMENTS, NS, 'm1') or {}).get('status', {}).get('configMap'),
+                         what='the status')
+        owner = emulator.get_object(MODELDEPLOYMENTS, NS, 'm1')
+        assert owner is not None and owner['metadata']['finalizers'] == [FINALIZER]
+        assert owner['metadata']['generation'] == 1  # kopf wrote only metadata and status
+
+        # A 410 Gone mid-stream: kopf re-lists, sees m1 handled already, and keeps working.
+        lists = len([c for c in emulator.calls if c.verb == 'list' and c.resource == 'modeldeployments'])
+        assert emulator.expire_watches(resource=MODELDEPLOYMENTS) == 1
+        await eventually(lambda: emulator.watching(MODELDEPLOYMENTS) and lists < len(
+            [c for c in emulator.calls if c.verb == 'list' and c.resource == 'modeldeployments']), what='a re-list')
+        await asyncio.to_thread(call_api, api_client, 'POST', MDEPS, mdep('m2'))
+        await eventually(lambda: emulator.get_object('v1/configmaps', NS, 'm2-config'), what='the 2nd ConfigMap')
+        await eventually(lambda: (emulator.get_object(MODELDEPLOYMENTS, NS, 'm2') or {}).get('status'), what='status 2')
+        assert emulator.writes('create', 'configmaps') == [('create', '', 'configmaps', NS, None)] * 2
+
+        # Deleting the owner: kopf releases its finalizer, the GC takes the ConfigMap.
+        await asyncio.to_thread(call_api, api_client, 'DELETE', f'{MDEPS}/m1')
+        await eventually(lambda: emulator.get_object('v1/configmaps', NS, 'm1-config') is None, what='GC')
+        assert emulator.get_object(MODELDEPLOYMENTS, NS, 'm1') is None
+        assert emulator.get_object('v1/configmaps', NS, 'm2-config') is not None
+
+    # A restart over handled objects: the resume handler finds its ConfigMap and writes nothing.
+    assert resumed == []
+    writes_before = len(emulator.writes())
+    async with run_operator(tiny_operator(api_client, resumed)):
+        await eventually(lambda: resumed == ['m2'], what='the resume handler')
+    # The operator has stopped (it lets its workers finish): nothing was written on resume.
+    assert emulator.writes()[writes_before:] == []
+    assert [(c.verb, c.resource, c.name) for c in emulator.calls if c.verb == 'get'] == [('get', 'configmaps', 'm2-config')]
+    assert emulator.writes('create', 'configmaps') == [('create', '', 'configmaps', NS, None)] * 2
+    assert emulator.writes('create', 'modeldeployments') == [('create', 'servegraph.io', 'modeldeployments', NS, None)] * 2
+    assert ('servegraph.io', 'modeldeployments/status', 'patch') in emulator.rbac_rules()
