@@ -8,8 +8,9 @@ removed, errors injected, and the count of write requests when nothing changed (
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import kopf
@@ -26,6 +27,8 @@ from .conftest import OperatorRunner
 from .emulator import MODELDEPLOYMENTS, ServegraphEmulator
 
 NS = "default"
+FULL = {"deployments": "apps/v1/deployments", "services": "v1/services", "configmaps": "v1/configmaps", "pods": "v1/pods"}
+"""The emulator's in-process accessors want a resource's group and version."""
 NODES = ["a", "b", "c", "ens", "pre", "split"]
 CHILD_KINDS = ("deployments", "services", "configmaps", "pods")
 
@@ -63,13 +66,12 @@ async def eventually(check: Callable[[], Any], timeout: float = 15.0, what: str 
         await asyncio.sleep(0.02)
 
 
-@pytest.fixture()
-async def operator(run_operator: OperatorRunner, reconciler: Reconciler) -> AsyncIterator[None]:
+def operating(run_operator: OperatorRunner, reconciler: Reconciler) -> contextlib.AbstractAsyncContextManager[None]:
+    """The operator running in the test's own task (kopf cancels tasks it did not see start,
+    so it cannot live in an async fixture, whose teardown runs in a new task)."""
     registry = kopf.OperatorRegistry()
     register(registry, reconciler)
-    watched = [MODELDEPLOYMENTS, *CHILD_KINDS]
-    async with run_operator(registry, watched=watched):
-        yield
+    return run_operator(registry, watched=[MODELDEPLOYMENTS, *FULL.values()])
 
 
 def create(emulator: ServegraphEmulator, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -87,12 +89,12 @@ def condition(body: dict[str, Any], kind: str) -> dict[str, Any] | None:
 
 
 def names(emulator: ServegraphEmulator, resource: str) -> list[str]:
-    return sorted(o["metadata"]["name"] for o in emulator.list_objects(resource, NS))
+    return sorted(o["metadata"]["name"] for o in emulator.list_objects(FULL[resource], NS))
 
 
 def roll_out(emulator: ServegraphEmulator) -> None:
     """What the Deployment controller would report once every pod is up."""
-    for deployment in emulator.list_objects("deployments", NS):
+    for deployment in emulator.list_objects(FULL["deployments"], NS):
         meta = deployment["metadata"]
         replicas = deployment["spec"].get("replicas", 1)
         emulator.patch_object(
@@ -129,55 +131,58 @@ async def converged(emulator: ServegraphEmulator) -> dict[str, Any]:
 
 
 async def test_a_new_graph_gets_its_children_and_a_truthful_status(
-    emulator: ServegraphEmulator, operator: None
+    emulator: ServegraphEmulator, run_operator: OperatorRunner, reconciler: Reconciler
 ) -> None:
-    create(emulator, copy.deepcopy(GRAPH))
-    await eventually(lambda: condition(mdep(emulator), "Ready"), what="a Ready condition")
-    assert names(emulator, "deployments") == [f"graph-{n}" for n in NODES]
-    assert names(emulator, "services") == [f"graph-{n}" for n in NODES]
-    assert names(emulator, "configmaps") == ["graph-graph"]
-    body = mdep(emulator)
-    status = body["status"]
-    assert status["observedGeneration"] == body["metadata"]["generation"]
-    assert condition(body, "Ready")["status"] == "False"  # type: ignore[index]
-    assert {n["name"]: n["reason"] for n in status["nodes"]} == dict.fromkeys(NODES, "Progressing")
-    assert status["url"] == "http://graph-pre.default.svc:8000/v2/models/graph"
-    uid = body["metadata"]["uid"]
-    for obj in emulator.list_objects("deployments", NS) + emulator.list_objects("services", NS):
-        (owner,) = obj["metadata"]["ownerReferences"]
-        assert owner["uid"] == uid and owner["controller"] is True
-    # One POST per object, no finalizer, nothing written to the spec.
-    creates = emulator.writes("create")
-    assert len(creates) == len(set(creates)) == 13
-    assert not body["metadata"].get("finalizers")
-    assert not [w for w in emulator.writes("patch", "modeldeployments") if w[4] == "graph"]  # only /status
+    async with operating(run_operator, reconciler):
+        create(emulator, copy.deepcopy(GRAPH))
+        await eventually(lambda: condition(mdep(emulator), "Ready"), what="a Ready condition")
+        assert names(emulator, "deployments") == [f"graph-{n}" for n in NODES]
+        assert names(emulator, "services") == [f"graph-{n}" for n in NODES]
+        assert names(emulator, "configmaps") == ["graph-graph"]
+        body = mdep(emulator)
+        status = body["status"]
+        assert status["observedGeneration"] == body["metadata"]["generation"]
+        assert condition(body, "Ready")["status"] == "False"  # type: ignore[index]
+        assert {n["name"]: n["reason"] for n in status["nodes"]} == dict.fromkeys(NODES, "Progressing")
+        assert status["url"] == "http://graph-pre.default.svc:8000/v2/models/graph"
+        uid = body["metadata"]["uid"]
+        for obj in emulator.list_objects(FULL["deployments"], NS) + emulator.list_objects(FULL["services"], NS):
+            (owner,) = obj["metadata"]["ownerReferences"]
+            assert owner["uid"] == uid and owner["controller"] is True
+        # One POST per object, no finalizer, nothing written to the spec.
+        creates = [w[2] for w in emulator.writes("create")]
+        assert sorted(creates) == ["configmaps"] + ["deployments"] * 6 + ["services"] * 6
+        assert not body["metadata"].get("finalizers")
+        assert not [w for w in emulator.writes("patch", "modeldeployments") if w[4] == "graph"]  # only /status
 
 
 async def test_ready_after_the_rollout_and_an_unchanged_world_writes_nothing(
-    emulator: ServegraphEmulator, operator: None, reconciler: Reconciler
+    emulator: ServegraphEmulator, run_operator: OperatorRunner, reconciler: Reconciler
 ) -> None:
-    body = await converged(emulator)
-    assert condition(body, "Ready")["reason"] == "AllNodesReady"  # type: ignore[index]
-    assert body["status"]["nodesReady"] == "6/6"
-    before = len(emulator.writes())
-    await reconciler.reconcile(NS, "graph")  # a resync
-    expired = emulator.expire_watches()  # 410 Gone: kopf relists and sees every object again
-    assert expired >= 5
-    await eventually(lambda: emulator.watching(MODELDEPLOYMENTS) >= 1, what="the watch is back")
-    await settled(emulator)
-    assert emulator.writes()[before:] == []
+    async with operating(run_operator, reconciler):
+        body = await converged(emulator)
+        assert condition(body, "Ready")["reason"] == "AllNodesReady"  # type: ignore[index]
+        assert body["status"]["nodesReady"] == "6/6"
+        before = len(emulator.writes())
+        await reconciler.reconcile(NS, "graph")  # a resync
+        expired = emulator.expire_watches()  # 410 Gone: kopf relists and sees every object again
+        assert expired >= 5
+        await eventually(lambda: emulator.watching(MODELDEPLOYMENTS) >= 1, what="the watch is back")
+        await settled(emulator)
+        assert emulator.writes()[before:] == []
 
 
 async def test_a_changed_node_patches_only_its_own_deployment(
-    emulator: ServegraphEmulator, operator: None
+    emulator: ServegraphEmulator, run_operator: OperatorRunner, reconciler: Reconciler
 ) -> None:
-    await converged(emulator)
-    before = len(emulator.writes())
-    emulator.patch_object(MODELDEPLOYMENTS, NS, "graph", {"spec": {"nodes": _with(GRAPH, "ens", combiner={"method": "Max"})}})
-    await eventually(lambda: mdep(emulator)["status"]["observedGeneration"] == 2, what="generation 2 observed")
-    await settled(emulator)
-    patched = {(w[2], w[4]) for w in emulator.writes("patch")[before:]}
-    assert patched == {("configmaps", "graph-graph"), ("deployments", "graph-ens"), ("modeldeployments", "graph")}
+    async with operating(run_operator, reconciler):
+        await converged(emulator)
+        before = len(emulator.writes())
+        emulator.patch_object(MODELDEPLOYMENTS, NS, "graph", {"spec": {"nodes": _with(GRAPH, "ens", combiner={"method": "Max"})}})
+        await eventually(lambda: mdep(emulator)["status"]["observedGeneration"] == 2, what="generation 2 observed")
+        await settled(emulator)
+        patched = {(w[2], w[4]) for w in emulator.writes("patch")[before:]}
+        assert patched == {("configmaps", "graph-graph"), ("deployments", "graph-ens"), ("modeldeployments", "graph")}
 
 
 def _with(manifest: dict[str, Any], name: str, **changes: Any) -> list[dict[str, Any]]:
@@ -189,90 +194,95 @@ def _with(manifest: dict[str, Any], name: str, **changes: Any) -> list[dict[str,
 
 
 async def test_a_removed_node_loses_its_objects_and_an_added_one_gets_them(
-    emulator: ServegraphEmulator, operator: None
+    emulator: ServegraphEmulator, run_operator: OperatorRunner, reconciler: Reconciler
 ) -> None:
-    await converged(emulator)
-    smaller = copy.deepcopy(GRAPH)
-    node(smaller, "split")["children"] = ["ens"]
-    node(smaller, "split")["router"]["weights"] = [{"child": "ens", "weight": 100}]
-    smaller["spec"]["nodes"] = [n for n in smaller["spec"]["nodes"] if n["name"] != "a"]
-    emulator.patch_object(MODELDEPLOYMENTS, NS, "graph", {"spec": {"nodes": smaller["spec"]["nodes"]}})
-    await eventually(lambda: "graph-a" not in names(emulator, "deployments"), what="graph-a deleted")
-    assert "graph-a" not in names(emulator, "services")
-    await eventually(lambda: "a.overrides.json" not in emulator.get_object("configmaps", NS, "graph-graph")["data"])  # type: ignore[index]
-    emulator.patch_object(MODELDEPLOYMENTS, NS, "graph", {"spec": {"nodes": GRAPH["spec"]["nodes"]}})
-    await eventually(lambda: "graph-a" in names(emulator, "deployments") and "graph-a" in names(emulator, "services"))
+    async with operating(run_operator, reconciler):
+        await converged(emulator)
+        smaller = copy.deepcopy(GRAPH)
+        node(smaller, "split")["children"] = ["ens"]
+        node(smaller, "split")["router"]["weights"] = [{"child": "ens", "weight": 100}]
+        smaller["spec"]["nodes"] = [n for n in smaller["spec"]["nodes"] if n["name"] != "a"]
+        emulator.patch_object(MODELDEPLOYMENTS, NS, "graph", {"spec": {"nodes": smaller["spec"]["nodes"]}})
+        await eventually(lambda: "graph-a" not in names(emulator, "deployments"), what="graph-a deleted")
+        assert "graph-a" not in names(emulator, "services")
+        await eventually(lambda: "a.overrides.json" not in emulator.get_object(FULL["configmaps"], NS, "graph-graph")["data"])  # type: ignore[index]
+        emulator.patch_object(MODELDEPLOYMENTS, NS, "graph", {"spec": {"nodes": GRAPH["spec"]["nodes"]}})
+        await eventually(lambda: "graph-a" in names(emulator, "deployments") and "graph-a" in names(emulator, "services"))
 
 
-async def test_hand_edits_and_deletions_are_put_back(emulator: ServegraphEmulator, operator: None) -> None:
-    await converged(emulator)
-    emulator.delete_object("deployments", NS, "graph-pre")
-    await eventually(lambda: "graph-pre" in names(emulator, "deployments"), what="graph-pre recreated")
-    emulator.patch_object("services", NS, "graph-split", {"spec": {"ports": [{"name": "http", "port": 9999}]}})
+async def test_hand_edits_and_deletions_are_put_back(emulator: ServegraphEmulator, run_operator: OperatorRunner, reconciler: Reconciler) -> None:
+    async with operating(run_operator, reconciler):
+        await converged(emulator)
+        emulator.delete_object(FULL["deployments"], NS, "graph-pre")
+        await eventually(lambda: "graph-pre" in names(emulator, "deployments"), what="graph-pre recreated")
+        emulator.patch_object(FULL["services"], NS, "graph-split", {"spec": {"ports": [{"name": "http", "port": 9999}]}})
 
-    def restored() -> bool:
-        ports = emulator.get_object("services", NS, "graph-split")["spec"]["ports"]  # type: ignore[index]
-        return [p["port"] for p in ports] == [8000, 8001, 8002]
+        def restored() -> bool:
+            ports = emulator.get_object(FULL["services"], NS, "graph-split")["spec"]["ports"]  # type: ignore[index]
+            return [p["port"] for p in ports] == [8000, 8001, 8002]
 
-    await eventually(restored, what="the Service's ports restored")
-    emulator.patch_object("configmaps", NS, "graph-graph", {"data": {"pre.json": "{}"}})
-    await eventually(lambda: emulator.get_object("configmaps", NS, "graph-graph")["data"]["pre.json"] != "{}")  # type: ignore[index]
+        await eventually(restored, what="the Service's ports restored")
+        emulator.patch_object(FULL["configmaps"], NS, "graph-graph", {"data": {"pre.json": "{}"}})
+        await eventually(lambda: emulator.get_object(FULL["configmaps"], NS, "graph-graph")["data"]["pre.json"] != "{}")  # type: ignore[index]
 
 
 async def test_an_invalid_spec_is_reported_and_touches_nothing(
-    emulator: ServegraphEmulator, operator: None, reconciler: Reconciler, recorder: Recorder
+    emulator: ServegraphEmulator, run_operator: OperatorRunner, reconciler: Reconciler, recorder: Recorder
 ) -> None:
-    await converged(emulator)
-    cyclic = _with(GRAPH, "c", type="Router", children=["split"], model=None, router={"strategy": "Weighted", "weights": [{"child": "split", "weight": 100}]})
-    cyclic = [{k: v for k, v in n.items() if v is not None} for n in cyclic]
-    before = len(emulator.writes())
-    emulator.patch_object(MODELDEPLOYMENTS, NS, "graph", {"spec": {"nodes": cyclic}})
-    body = await eventually(lambda: (b := mdep(emulator)) and condition(b, "InvalidSpec") and b, what="InvalidSpec")
-    assert "cycle" in condition(body, "InvalidSpec")["message"]  # type: ignore[index]
-    assert condition(body, "Ready")["reason"] == "InvalidSpec"  # type: ignore[index]
-    await settled(emulator)
-    assert [w for w in emulator.writes()[before:] if w[2] != "modeldeployments"] == []
-    assert len(names(emulator, "deployments")) == 6  # what ran keeps running
-    quiet = len(emulator.writes())
-    await reconciler.reconcile(NS, "graph")
-    assert len(emulator.writes()) == quiet  # no retry loop, no repeated status write
-    assert [r for r, _ in recorder.events].count("InvalidSpec") == 1
+    async with operating(run_operator, reconciler):
+        await converged(emulator)
+        cyclic = _with(GRAPH, "c", type="Router", children=["split"], model=None, router={"strategy": "Weighted", "weights": [{"child": "split", "weight": 100}]})
+        cyclic = [{k: v for k, v in n.items() if v is not None} for n in cyclic]
+        before = len(emulator.writes())
+        emulator.patch_object(MODELDEPLOYMENTS, NS, "graph", {"spec": {"nodes": cyclic}})
+        body = await eventually(lambda: (b := mdep(emulator)) and condition(b, "InvalidSpec") and b, what="InvalidSpec")
+        assert "cycle" in condition(body, "InvalidSpec")["message"]  # type: ignore[index]
+        assert condition(body, "Ready")["reason"] == "InvalidSpec"  # type: ignore[index]
+        await settled(emulator)
+        assert [w for w in emulator.writes()[before:] if w[2] != "modeldeployments"] == []
+        assert len(names(emulator, "deployments")) == 6  # what ran keeps running
+        quiet = len(emulator.writes())
+        await reconciler.reconcile(NS, "graph")
+        assert len(emulator.writes()) == quiet  # no retry loop, no repeated status write
+        assert [r for r, _ in recorder.events].count("InvalidSpec") == 1
 
 
-async def test_stuck_pods_reach_the_status(emulator: ServegraphEmulator, operator: None) -> None:
-    await converged(emulator)
-    labels = {"servegraph.io/deployment": "graph", "servegraph.io/node": "a", "app.kubernetes.io/managed-by": "servegraph"}
-    emulator.create_object(
-        "pods",
-        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "graph-a-1", "labels": labels},
-         "spec": {"containers": [{"name": "servegraph", "image": "x"}]},
-         "status": {"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                                    "message": "0/2 nodes are available: 2 Insufficient nvidia.com/gpu."}]}},
-        namespace=NS,
-    )  # fmt: skip
+async def test_stuck_pods_reach_the_status(emulator: ServegraphEmulator, run_operator: OperatorRunner, reconciler: Reconciler) -> None:
+    async with operating(run_operator, reconciler):
+        await converged(emulator)
+        labels = {"servegraph.io/deployment": "graph", "servegraph.io/node": "a", "app.kubernetes.io/managed-by": "servegraph"}
+        emulator.create_object(
+            FULL["pods"],
+            {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "graph-a-1", "labels": labels},
+             "spec": {"containers": [{"name": "servegraph", "image": "x"}]},
+             "status": {"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                        "message": "0/2 nodes are available: 2 Insufficient nvidia.com/gpu."}]}},
+            namespace=NS,
+        )  # fmt: skip
 
-    def degraded() -> dict[str, Any] | None:
-        found = condition(mdep(emulator), "Degraded")
-        return found if found and found["status"] == "True" else None
+        def degraded() -> dict[str, Any] | None:
+            found = condition(mdep(emulator), "Degraded")
+            return found if found and found["status"] == "True" else None
 
-    found = await eventually(degraded, what="Degraded")
-    assert found["reason"] == "Unschedulable" and "nvidia.com/gpu" in found["message"]
-    assert condition(mdep(emulator), "Ready")["status"] == "False"  # type: ignore[index]
-    node_a = next(n for n in mdep(emulator)["status"]["nodes"] if n["name"] == "a")
-    assert node_a["reason"] == "Unschedulable"
+        found = await eventually(degraded, what="Degraded")
+        assert found["reason"] == "Unschedulable" and "nvidia.com/gpu" in found["message"]
+        assert condition(mdep(emulator), "Ready")["status"] == "False"  # type: ignore[index]
+        node_a = next(n for n in mdep(emulator)["status"]["nodes"] if n["name"] == "a")
+        assert node_a["reason"] == "Unschedulable"
 
 
-async def test_api_errors_are_retried_without_duplicates(emulator: ServegraphEmulator, operator: None) -> None:
-    emulator.inject("create", "deployments", 500, times=2)
-    emulator.inject("create", "services", 429, retry_after=0.1)
-    emulator.inject("patch", "modeldeployments", 409, subresource="status")
-    emulator.inject("get", "configmaps", 503)
-    create(emulator, copy.deepcopy(GRAPH))
-    await eventually(lambda: len(names(emulator, "deployments")) == 6 and len(names(emulator, "services")) == 6)
-    await eventually(lambda: condition(mdep(emulator), "Ready"), what="status written")
-    await settled(emulator)
-    done = emulator.writes("create", ok=True)
-    assert len(done) == len(set(done)) == 13
+async def test_api_errors_are_retried_without_duplicates(emulator: ServegraphEmulator, run_operator: OperatorRunner, reconciler: Reconciler) -> None:
+    async with operating(run_operator, reconciler):
+        emulator.inject("create", "deployments", 500, times=2)
+        emulator.inject("create", "services", 429, retry_after=0.1)
+        emulator.inject("patch", "modeldeployments", 409, subresource="status")
+        emulator.inject("get", "configmaps", 503)
+        create(emulator, copy.deepcopy(GRAPH))
+        await eventually(lambda: len(names(emulator, "deployments")) == 6 and len(names(emulator, "services")) == 6)
+        await eventually(lambda: condition(mdep(emulator), "Ready"), what="status written")
+        await settled(emulator)
+        done = sorted(w[2] for w in emulator.writes("create", ok=True))
+        assert done == ["configmaps"] + ["deployments"] * 6 + ["services"] * 6
 
 
 async def test_a_child_created_meanwhile_is_adopted(
@@ -281,7 +291,7 @@ async def test_a_child_created_meanwhile_is_adopted(
     """409 AlreadyExists on create (a pass that died after its POST): adopted, not duplicated."""
     body = create(emulator, copy.deepcopy(GRAPH))
     await reconciler.reconcile(NS, "graph")
-    emulator.delete_object("services", NS, "graph-pre")
+    emulator.delete_object(FULL["services"], NS, "graph-pre")
     emulator.inject("create", "services", 409, name="graph-pre")
     outcome = await reconciler.reconcile(NS, "graph")
     assert outcome is not None and outcome.conflicts == []
@@ -289,29 +299,31 @@ async def test_a_child_created_meanwhile_is_adopted(
 
 
 async def test_an_object_someone_else_owns_is_a_conflict(
-    emulator: ServegraphEmulator, operator: None
+    emulator: ServegraphEmulator, run_operator: OperatorRunner, reconciler: Reconciler
 ) -> None:
-    emulator.create_object(
-        "services",
-        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "graph-pre"},
-         "spec": {"ports": [{"port": 80}]}},
-        namespace=NS,
-    )  # fmt: skip
-    create(emulator, copy.deepcopy(GRAPH))
+    async with operating(run_operator, reconciler):
+        emulator.create_object(
+            FULL["services"],
+            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "graph-pre"},
+             "spec": {"ports": [{"port": 80}]}},
+            namespace=NS,
+        )  # fmt: skip
+        create(emulator, copy.deepcopy(GRAPH))
 
-    def conflict() -> dict[str, Any] | None:
-        found = condition(mdep(emulator), "Ready")
-        return found if found and found["reason"] == "ChildConflict" else None
+        def conflict() -> dict[str, Any] | None:
+            found = condition(mdep(emulator), "Ready")
+            return found if found and found["reason"] == "ChildConflict" else None
 
-    found = await eventually(conflict, what="ChildConflict")
-    assert "Service graph-pre" in found["message"]
-    assert emulator.get_object("services", NS, "graph-pre")["spec"]["ports"] == [{"port": 80}]  # type: ignore[index]
-    await settled(emulator)  # and no hot loop
+        found = await eventually(conflict, what="ChildConflict")
+        assert "Service graph-pre" in found["message"]
+        assert emulator.get_object(FULL["services"], NS, "graph-pre")["spec"]["ports"] == [{"port": 80}]  # type: ignore[index]
+        await settled(emulator)  # and no hot loop
 
 
-async def test_deleting_the_graph_deletes_its_children(emulator: ServegraphEmulator, operator: None) -> None:
-    await converged(emulator)
-    emulator.delete_object(MODELDEPLOYMENTS, NS, "graph")
-    await eventually(lambda: names(emulator, "deployments") == [] and names(emulator, "configmaps") == [])
-    assert names(emulator, "services") == []
-    await settled(emulator)
+async def test_deleting_the_graph_deletes_its_children(emulator: ServegraphEmulator, run_operator: OperatorRunner, reconciler: Reconciler) -> None:
+    async with operating(run_operator, reconciler):
+        await converged(emulator)
+        emulator.delete_object(MODELDEPLOYMENTS, NS, "graph")
+        await eventually(lambda: names(emulator, "deployments") == [] and names(emulator, "configmaps") == [])
+        assert names(emulator, "services") == []
+        await settled(emulator)

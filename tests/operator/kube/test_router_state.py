@@ -29,7 +29,7 @@ def store(emulator: ServegraphEmulator, replica: str) -> ConfigMapState:
 
 
 def total(emulator: ServegraphEmulator) -> tuple[int, float]:
-    data = emulator.get_object("configmaps", NS, NAME)["data"]  # type: ignore[index]
+    data = emulator.get_object("v1/configmaps", NS, NAME)["data"]  # type: ignore[index]
     pulls, reward = 0, 0.0
     for text in data.values():
         for arm in json.loads(text)["arms"].values():
@@ -39,7 +39,7 @@ def total(emulator: ServegraphEmulator) -> tuple[int, float]:
 
 
 async def test_replicas_merge_their_rewards_and_a_restart_keeps_them(emulator: ServegraphEmulator) -> None:
-    emulator.create_object("configmaps", {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": NAME}}, namespace=NS)
+    emulator.create_object("v1/configmaps", {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": NAME}}, namespace=NS)
     a, b = store(emulator, "router-a"), store(emulator, "router-b")
     assert await asyncio.to_thread(a.load) == {}
     await asyncio.to_thread(a.save, {"left": ArmStats(3, 2.0)})
@@ -61,7 +61,7 @@ async def test_replicas_merge_their_rewards_and_a_restart_keeps_them(emulator: S
 
 
 async def test_the_saver_takes_other_replicas_rewards_into_the_view(emulator: ServegraphEmulator) -> None:
-    emulator.create_object("configmaps", {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": NAME}}, namespace=NS)
+    emulator.create_object("v1/configmaps", {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": NAME}}, namespace=NS)
     a, b = store(emulator, "router-a"), store(emulator, "router-b")
     arms_a = {"left": ArmStats(), "right": ArmStats()}
     arms_a.update(await asyncio.to_thread(a.load))
@@ -77,7 +77,7 @@ async def test_the_saver_takes_other_replicas_rewards_into_the_view(emulator: Se
 async def test_gone_replicas_are_folded_and_a_conflict_is_retried(emulator: ServegraphEmulator) -> None:
     old = json.dumps({"updated": 0.0, "arms": {"left": {"pulls": 7, "reward_sum": 3.0}}})
     emulator.create_object(
-        "configmaps", {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": NAME}, "data": {"gone-pod.json": old}},
+        "v1/configmaps", {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": NAME}, "data": {"gone-pod.json": old}},
         namespace=NS,
     )  # fmt: skip
     a = store(emulator, "router-a")
@@ -86,7 +86,7 @@ async def test_gone_replicas_are_folded_and_a_conflict_is_retried(emulator: Serv
     fault = emulator.inject("patch", "configmaps", 409, times=1, name=NAME)
     await asyncio.to_thread(a._fold, ["gone-pod.json"])  # its first write loses a race
     assert fault.used == 1
-    data = emulator.get_object("configmaps", NS, NAME)["data"]  # type: ignore[index]
+    data = emulator.get_object("v1/configmaps", NS, NAME)["data"]  # type: ignore[index]
     assert "gone-pod.json" not in data and BASE_KEY in data
     view["left"].reward(1.0)
     await asyncio.to_thread(a.save, view)
@@ -96,13 +96,13 @@ async def test_gone_replicas_are_folded_and_a_conflict_is_retried(emulator: Serv
 async def test_a_stale_key_is_folded_by_a_save(emulator: ServegraphEmulator) -> None:
     old = json.dumps({"updated": 0.0, "arms": {"left": {"pulls": 2, "reward_sum": 1.0}}})
     emulator.create_object(
-        "configmaps", {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": NAME}, "data": {"gone-pod.json": old}},
+        "v1/configmaps", {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": NAME}, "data": {"gone-pod.json": old}},
         namespace=NS,
     )  # fmt: skip
     a = store(emulator, "router-a")
     view = await asyncio.to_thread(a.load)
     view["left"].reward(0.5)
     await asyncio.to_thread(a.save, view)
-    data = emulator.get_object("configmaps", NS, NAME)["data"]  # type: ignore[index]
+    data = emulator.get_object("v1/configmaps", NS, NAME)["data"]  # type: ignore[index]
     assert sorted(data) == [BASE_KEY, "router-a.json"]
     assert total(emulator) == (3, 1.5)
