@@ -297,3 +297,70 @@ async def test_kubernetes_client_call_api(emulator: ServegraphEmulator, api_clie
     assert emulator.writes() == [('create', '', 'configmaps', NS, None), ('create', '', 'configmaps', NS, None),
                                  ('patch', '', 'configmaps', NS, 'a'), ('patch', '', 'configmaps', NS, 'a'),
                                  ('create', '', 'configmaps', NS, None), ('delete', '', 'configmaps', NS, 'b')]
+
+
+async def test_replace_deletecollection_and_patch_types(emulator: ServegraphEmulator) -> None:
+    _, created = await call(emulator, 'POST', CMS, {'metadata': {'generateName': 'cfg-', 'labels': {'k': 'v'}}, 'data': {'a': '1'}})
+    name = created['metadata']['name']
+    assert name.startswith('cfg-') and len(name) > 4
+    replacement = dict(created, data={'b': '2'})
+    status, replaced = await call(emulator, 'PUT', f'{CMS}/{name}', replacement)
+    assert status == 200 and replaced['data'] == {'b': '2'}
+    status, body = await call(emulator, 'PUT', f'{CMS}/{name}', replacement)  # the old resourceVersion
+    assert (status, body['reason']) == (409, 'Conflict')
+    status, body = await call(emulator, 'PATCH', f'{CMS}/{name}', {'data': {'c': '3'}},
+                              {'Content-Type': 'application/strategic-merge-patch+json'})
+    assert status == 200 and body['data'] == {'b': '2', 'c': '3'}  # applied as a merge patch
+    status, body = await call(emulator, 'PATCH', f'{CMS}/{name}', {}, {'Content-Type': 'application/apply-patch+yaml'})
+    assert status == 415  # server-side apply is not emulated
+    await call(emulator, 'POST', CMS, {'metadata': {'name': 'other'}})
+    status, body = await call(emulator, 'DELETE', CMS, labelSelector='k=v')
+    assert status == 200 and [i['metadata']['name'] for i in body['items']] == [name]
+    assert [o['metadata']['name'] for o in emulator.list_objects('v1/configmaps')] == ['other']
+    assert emulator.writes('deletecollection') == [('deletecollection', '', 'configmaps', NS, None)]
+
+
+async def test_orphan_propagation_and_delete_preconditions(emulator: ServegraphEmulator) -> None:
+    _, owner = await call(emulator, 'POST', MDEPS, mdep('owner'))
+    ref = {'apiVersion': 'servegraph.io/v1alpha1', 'kind': 'ModelDeployment', 'name': 'owner', 'uid': owner['metadata']['uid']}
+    await call(emulator, 'POST', CMS, {'metadata': {'name': 'kept', 'ownerReferences': [ref]}})
+    status, body = await call(emulator, 'DELETE', f'{MDEPS}/owner', {'preconditions': {'uid': 'not-it'}})
+    assert status == 409
+    status, _ = await call(emulator, 'DELETE', f'{MDEPS}/owner', propagationPolicy='Orphan')
+    assert status == 200
+    kept = emulator.get_object('v1/configmaps', NS, 'kept')
+    assert kept is not None and 'ownerReferences' not in kept['metadata']
+
+
+async def test_watch_timeout_initial_events_and_in_process_writes(emulator: ServegraphEmulator) -> None:
+    emulator.create_object('v1/configmaps', {'metadata': {'name': 'a'}}, namespace=NS)
+    async with emulator.get(CMS, params={'watch': 'true', 'sendInitialEvents': 'true',
+                                         'resourceVersionMatch': 'NotOlderThan', 'allowWatchBookmarks': 'true'}) as resp:
+        added, bookmark = await read_events(resp, 2)
+        assert added['type'] == 'ADDED' and added['object']['metadata']['name'] == 'a'
+        assert bookmark['type'] == 'BOOKMARK'
+        assert bookmark['object']['metadata']['annotations'] == {'k8s.io/initial-events-end': 'true'}
+        emulator.patch_object('v1/configmaps', NS, 'a', {'data': {'x': 'y'}})  # as another controller would
+        [modified] = await read_events(resp, 1)
+        assert modified['type'] == 'MODIFIED' and modified['object']['data'] == {'x': 'y'}
+        emulator.delete_object('v1/configmaps', NS, 'a')
+        [deleted] = await read_events(resp, 1)
+        assert deleted['type'] == 'DELETED'
+    assert emulator.calls[-1].verb == 'watch' and emulator.writes() == []  # in-process: not recorded
+
+    async with asyncio.timeout(3):
+        async with emulator.get(CMS, params={'watch': 'true', 'timeoutSeconds': '0.1'}) as resp:
+            assert await resp.content.read() == b''  # the server ends the stream
+    # The history of versions is kmock's, as usual: created, modified, removed (its last state), gone.
+    history = emulator.objects['v1/configmaps', NS, 'a'].history
+    assert len(history) == 4 and history[1]['data'] == {'x': 'y'} and history[-1] is None
+    assert emulator.objects['v1/configmaps', NS, 'a'].deleted
+
+
+async def test_kmock_reactions_take_precedence(emulator: ServegraphEmulator) -> None:
+    emulator['list v1/configmaps'] << 503
+    status, _ = await call(emulator, 'GET', CMS)
+    assert status == 503
+    assert emulator.calls[-1].status == 503
+    status, _ = await call(emulator, 'GET', DEPLOYS)
+    assert status == 200

@@ -4,10 +4,12 @@ client: what the real operator's tests will do, end to end."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
 import kubernetes.client
+import pytest
 
 from .conftest import FINALIZER, OperatorRunner
 from .emulator import MODELDEPLOYMENTS, ServegraphEmulator, eventually
@@ -116,3 +118,54 @@ async def test_tiny_operator_end_to_end(
     assert emulator.writes('create', 'configmaps') == [('create', '', 'configmaps', NS, None)] * 2
     assert emulator.writes('create', 'modeldeployments') == [('create', 'servegraph.io', 'modeldeployments', NS, None)] * 2
     assert ('servegraph.io', 'modeldeployments/status', 'patch') in emulator.rbac_rules()
+
+
+@pytest.mark.parametrize('initial_streaming', [False, True], ids=['list-then-watch', 'initial-events'])
+async def test_namespaced_operator_follows_an_owned_kind_through_faults(
+    emulator: ServegraphEmulator, api_client: kubernetes.client.ApiClient, run_operator: OperatorRunner,
+    initial_streaming: bool,
+) -> None:
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.create('servegraph.io', 'v1alpha1', 'modeldeployments', registry=registry)
+    async def create_deployment(name: str, namespace: str, uid: str, **_: Any) -> None:
+        deployment = {
+            'apiVersion': 'apps/v1', 'kind': 'Deployment',
+            'metadata': {'name': f'{name}-predictor', 'labels': {'servegraph.io/mdep': name},
+                         'ownerReferences': [{'apiVersion': 'servegraph.io/v1alpha1', 'kind': 'ModelDeployment',
+                                              'name': name, 'uid': uid, 'controller': True}]},
+            'spec': {'replicas': 2},
+        }
+        await asyncio.to_thread(call_api, api_client, 'POST', f'/apis/apps/v1/namespaces/{namespace}/deployments', deployment)
+
+    @kopf.on.field('apps', 'v1', 'deployments', field='status.readyReplicas',
+                   labels={'servegraph.io/mdep': kopf.PRESENT}, registry=registry)
+    async def follow_readiness(new: Any, labels: Mapping[str, str], namespace: str, **_: Any) -> None:
+        mdep_status = f'/apis/servegraph.io/v1alpha1/namespaces/{namespace}/modeldeployments/{labels["servegraph.io/mdep"]}/status'
+        await asyncio.to_thread(lambda: api_client.call_api(
+            mdep_status, 'PATCH', header_params={'Content-Type': 'application/merge-patch+json', 'Accept': 'application/json'},
+            body={'status': {'readyReplicas': new}}, response_types_map={200: 'object'}, _return_http_data_only=True))
+
+    def settings_fn(settings: kopf.OperatorSettings) -> None:
+        settings.watching.initial_streaming = initial_streaming
+
+    create_fault = emulator.inject('create', 'deployments', 500)  # the handler fails once, kopf retries it
+    patch_fault = emulator.inject('patch', 'modeldeployments', 429, retry_after=0)  # kopf's own write is throttled
+    async with run_operator(registry, settings_fn, namespaces=[NS],
+                            watched=[MODELDEPLOYMENTS, 'apps/v1/deployments']):
+        await asyncio.to_thread(call_api, api_client, 'POST', MDEPS, mdep('m'))
+        await asyncio.to_thread(call_api, api_client, 'POST', '/apis/servegraph.io/v1alpha1/namespaces/other/modeldeployments',
+                                dict(mdep('x'), metadata={'name': 'x', 'namespace': 'other'}))
+        await eventually(lambda: emulator.get_object('apps/v1/deployments', NS, 'm-predictor'), what='the Deployment')
+        # Play the Deployment controller: readiness goes to the status subresource.
+        emulator.patch_object('apps/v1/deployments', NS, 'm-predictor', {'status': {'readyReplicas': 2}}, subresource='status')
+        await eventually(lambda: (emulator.get_object(MODELDEPLOYMENTS, NS, 'm') or {}).get('status', {}).get('readyReplicas') == 2,
+                         what='the readiness in the ModelDeployment status')
+
+    assert create_fault.used == 1 and patch_fault.used == 1
+    assert emulator.writes('create', 'deployments') == [('create', 'apps', 'deployments', NS, None)] * 2
+    assert emulator.writes('create', 'deployments', ok=True) == [('create', 'apps', 'deployments', NS, None)]
+    assert emulator.get_object('apps/v1/deployments', 'other', 'x-predictor') is None  # not its namespace
+    assert {c.namespace for c in emulator.calls if c.verb == 'watch'} == {NS}
+    listed = {c.resource for c in emulator.calls if c.verb == 'list'}
+    assert listed == (set() if initial_streaming else {'modeldeployments', 'deployments'})
