@@ -122,7 +122,11 @@ REASONS = {
 
 @dataclasses.dataclass
 class Call:
-    """One API request to a resource URL, as RBAC sees it; ``status`` is the answer's code."""
+    """One API request to a resource URL, as RBAC sees it; ``status`` is the answer's code.
+
+    For a create, ``name`` is the object's name from the body (RBAC sees none).
+    ``body`` is the parsed JSON body (None if none), ``content_type`` the request's.
+    """
 
     verb: str
     group: str
@@ -131,6 +135,8 @@ class Call:
     namespace: str | None
     name: str | None
     status: int | None = None
+    body: Any = None
+    content_type: str = ''
 
     @property
     def write(self) -> tuple[str, str, str, str | None, str | None]:
@@ -419,7 +425,8 @@ class ServegraphEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         ]
 
     def rbac_rules(self) -> set[tuple[str, str, str]]:
-        """(apiGroup, resource[/subresource], verb) of every request made, for an RBAC check."""
+        """(apiGroup, resource[/subresource], verb) of every request made, for an RBAC check
+        (compare with a Role's rules: every tuple must be granted by some rule)."""
         return {
             (call.group, f'{call.resource}/{call.subresource}' if call.subresource else call.resource, call.verb)
             for call in self.calls
@@ -529,9 +536,13 @@ class ServegraphEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         call = Call(
             verb=_verb(request), group=request.resource.group or '', resource=request.resource.plural,
             subresource=request.subresource, namespace=request.namespace, name=request.name,
+            content_type=request.headers.get('Content-Type', '').split(';')[0].strip(),
         )
         self.calls.append(call)
         try:
+            call.body = self._body(request)
+            if call.verb == 'create' and isinstance(call.body, Mapping):
+                call.name = (call.body.get('metadata') or {}).get('name')
             for fault in self._faults:
                 if fault.matches(call):
                     fault.used += 1

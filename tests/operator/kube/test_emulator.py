@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import kubernetes.client
+import kubernetes.config
 
 from .emulator import MODELDEPLOYMENTS, ServegraphEmulator, eventually
 
@@ -243,7 +244,9 @@ async def test_recording_and_fault_injection(emulator: ServegraphEmulator) -> No
     assert (await call(emulator, 'PATCH', f'{CMS}/a', {'data': {}}, MERGE))[0] == 409
     await call(emulator, 'GET', CMS)
 
-    assert emulator.writes('create') == [('create', '', 'configmaps', NS, None)] * 2 + [('create', 'apps', 'deployments', NS, None)]
+    assert emulator.writes('create') == [('create', '', 'configmaps', NS, 'a')] * 2 + [('create', 'apps', 'deployments', NS, 'd')]
+    assert [c.body for c in emulator.calls if c.verb == 'patch' and c.status == 200] == [{'spec': {'replicas': 3}}]
+    assert {c.content_type for c in emulator.calls if c.verb == 'patch'} == {'application/merge-patch+json'}
     assert len(emulator.writes('patch', 'deployments')) == 3
     assert len(emulator.writes('patch', 'deployments', ok=True)) == 1
     assert len(emulator.writes(ok=False)) == 4
@@ -294,9 +297,9 @@ async def test_kubernetes_client_call_api(emulator: ServegraphEmulator, api_clie
 
     await asyncio.to_thread(scenario)
     assert [obj['metadata']['name'] for obj in emulator.list_objects('v1/configmaps', NS)] == ['a']
-    assert emulator.writes() == [('create', '', 'configmaps', NS, None), ('create', '', 'configmaps', NS, None),
+    assert emulator.writes() == [('create', '', 'configmaps', NS, 'a'), ('create', '', 'configmaps', NS, 'b'),
                                  ('patch', '', 'configmaps', NS, 'a'), ('patch', '', 'configmaps', NS, 'a'),
-                                 ('create', '', 'configmaps', NS, None), ('delete', '', 'configmaps', NS, 'b')]
+                                 ('create', '', 'configmaps', NS, 'a'), ('delete', '', 'configmaps', NS, 'b')]
 
 
 async def test_replace_deletecollection_and_patch_types(emulator: ServegraphEmulator) -> None:
@@ -364,3 +367,33 @@ async def test_kmock_reactions_take_precedence(emulator: ServegraphEmulator) -> 
     assert emulator.calls[-1].status == 503
     status, _ = await call(emulator, 'GET', DEPLOYS)
     assert status == 200
+
+
+async def test_typed_kubernetes_apis_through_a_kubeconfig(emulator: ServegraphEmulator, kubeconfig: Any) -> None:
+    def scenario() -> None:
+        kubernetes.config.load_kube_config()
+        core, apps = kubernetes.client.CoreV1Api(), kubernetes.client.AppsV1Api()
+        created = core.create_namespaced_config_map(NS, kubernetes.client.V1ConfigMap(
+            metadata=kubernetes.client.V1ObjectMeta(name='typed', labels={'k': 'v'}), data={'a': '1'}))
+        assert created.metadata.uid and created.metadata.resource_version
+        patched = core.patch_namespaced_config_map('typed', NS, {'data': {'b': '2'}})  # a strategic merge patch
+        assert patched.data == {'a': '1', 'b': '2'}
+        listing = core.list_namespaced_config_map(NS, label_selector='k=v')
+        assert [item.metadata.name for item in listing.items] == ['typed']
+        assert listing.metadata.resource_version
+        # The emulator validates nothing, but the typed client's models check what they read back.
+        apps.create_namespaced_deployment(NS, {'metadata': {'name': 'd'}, 'spec': {
+            'replicas': 1, 'selector': {'matchLabels': {'app': 'd'}},
+            'template': {'metadata': {'labels': {'app': 'd'}}, 'spec': {'containers': [{'name': 'c', 'image': 'i'}]}}}})
+        scaled = apps.patch_namespaced_deployment('d', NS, [{'op': 'replace', 'path': '/spec/replicas', 'value': 3}])
+        assert scaled.spec.replicas == 3 and scaled.metadata.generation == 2
+        try:
+            core.read_namespaced_config_map('missing', NS)
+        except kubernetes.client.ApiException as exc:
+            assert exc.status == 404
+        else:
+            raise AssertionError('no 404')
+
+    await asyncio.to_thread(scenario)
+    assert [c.content_type for c in emulator.calls if c.verb == 'patch'] == [
+        'application/strategic-merge-patch+json', 'application/json-patch+json']

@@ -99,7 +99,8 @@ async def test_tiny_operator_end_to_end(
         await asyncio.to_thread(call_api, api_client, 'POST', MDEPS, mdep('m2'))
         await eventually(lambda: emulator.get_object('v1/configmaps', NS, 'm2-config'), what='the 2nd ConfigMap')
         await eventually(lambda: (emulator.get_object(MODELDEPLOYMENTS, NS, 'm2') or {}).get('status'), what='status 2')
-        assert emulator.writes('create', 'configmaps') == [('create', '', 'configmaps', NS, None)] * 2
+        assert emulator.writes('create', 'configmaps') == [('create', '', 'configmaps', NS, 'm1-config'),
+                                                           ('create', '', 'configmaps', NS, 'm2-config')]
 
         # Deleting the owner: kopf releases its finalizer, the GC takes the ConfigMap.
         await asyncio.to_thread(call_api, api_client, 'DELETE', f'{MDEPS}/m1')
@@ -115,8 +116,9 @@ async def test_tiny_operator_end_to_end(
     # The operator has stopped (it lets its workers finish): nothing was written on resume.
     assert emulator.writes()[writes_before:] == []
     assert [(c.verb, c.resource, c.name) for c in emulator.calls if c.verb == 'get'] == [('get', 'configmaps', 'm2-config')]
-    assert emulator.writes('create', 'configmaps') == [('create', '', 'configmaps', NS, None)] * 2
-    assert emulator.writes('create', 'modeldeployments') == [('create', 'servegraph.io', 'modeldeployments', NS, None)] * 2
+    assert len(emulator.writes('create', 'configmaps')) == 2
+    assert emulator.writes('create', 'modeldeployments') == [('create', 'servegraph.io', 'modeldeployments', NS, 'm1'),
+                                                             ('create', 'servegraph.io', 'modeldeployments', NS, 'm2')]
     assert ('servegraph.io', 'modeldeployments/status', 'patch') in emulator.rbac_rules()
 
 
@@ -163,8 +165,8 @@ async def test_namespaced_operator_follows_an_owned_kind_through_faults(
                          what='the readiness in the ModelDeployment status')
 
     assert create_fault.used == 1 and patch_fault.used == 1
-    assert emulator.writes('create', 'deployments') == [('create', 'apps', 'deployments', NS, None)] * 2
-    assert emulator.writes('create', 'deployments', ok=True) == [('create', 'apps', 'deployments', NS, None)]
+    assert emulator.writes('create', 'deployments') == [('create', 'apps', 'deployments', NS, 'm-predictor')] * 2
+    assert emulator.writes('create', 'deployments', ok=True) == [('create', 'apps', 'deployments', NS, 'm-predictor')]
     assert emulator.get_object('apps/v1/deployments', 'other', 'x-predictor') is None  # not its namespace
     assert {c.namespace for c in emulator.calls if c.verb == 'watch'} == {NS}
     listed = {c.resource for c in emulator.calls if c.verb == 'list'}
