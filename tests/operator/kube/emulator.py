@@ -31,7 +31,23 @@ request handling for resource URLs with an apiserver-like one:
   Retry-After, 500).
 
 User-defined kmock reactions (``emulator['patch apps/v1/deployments'] << 500``) still take
-precedence over this emulation, as in kmock. Not emulated: server-side apply (415), field
+precedence over this emulation, as in kmock.
+
+Usage (fixtures in conftest.py: ``emulator``, ``api_client``, ``kubeconfig``, ``run_operator``)::
+
+    emulator.create_object('v1/configmaps', {...}, namespace='ns')   # in-process, with events,
+    emulator.patch_object(res, ns, name, {...}, subresource='status') # not recorded as calls
+    emulator.get_object(res, ns, name) / list_objects(res, ns, label_selector) / delete_object(...)
+    emulator.writes('create', 'configmaps')       # [(verb, group, resource, namespace, name)]
+    emulator.calls                                # every Call(verb, group, resource, subresource,
+                                                  #   namespace, name, status, body, content_type)
+    emulator.rbac_rules()                         # {(group, resource[/sub], verb)}
+    emulator.inject('patch', 'apps/deployments', 429, retry_after=1, times=2)
+    emulator.expire_watches() / compact() / watching(res) / resource_version
+    emulator.objects[res, ns, name].history       # kmock's versioned store, as usual
+
+The in-process methods and the server run in the test's event loop: call them from the loop,
+and call the synchronous ``kubernetes`` client only through ``asyncio.to_thread``. Not emulated: server-side apply (415), field
 managers, admission (validation, defaulting, pruning by a CRD schema), namespace existence and
 namespace deletion, foreground deletion, subresources other than ``status``, bookmarks other
 than the initial-events one, authentication and authorisation.
@@ -171,9 +187,7 @@ class Fault:
             return False
         if self.name is not None and self.name != call.name:
             return False
-        if self.subresource is not None and self.subresource != call.subresource:
-            return False
-        return True
+        return self.subresource is None or self.subresource == call.subresource
 
 
 @dataclasses.dataclass(eq=False)
@@ -386,7 +400,7 @@ def _bundled_resources() -> bytes:
     return gzip.decompress(importlib.resources.files('kmock._internal').joinpath('resources.json.gz').read_bytes())
 
 
-class ServegraphEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
+class ServegraphEmulator(kmock.KubernetesEmulator):
     """kmock's emulator with the apiserver semantics that kopf and the operator rely on."""
 
     def __attrs_post_init__(self) -> None:
@@ -463,7 +477,7 @@ class ServegraphEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         wanted = None if resource is None else kmock.resource(resource)
         count = 0
         for watcher in list(self._watchers):
-            if wanted is None or wanted.check(watcher.resource):
+            if not watcher.expired and not watcher.closed and (wanted is None or wanted.check(watcher.resource)):
                 watcher.expired = True
                 watcher.wake.set()
                 count += 1
@@ -821,7 +835,9 @@ class ServegraphEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
                                                f'if the object is being deleted, found new finalizers {sorted(added)}')
         if result == old:  # a no-op: no new resourceVersion, no event
             return copy.deepcopy(old)
-        spec_of = lambda o: {k: v for k, v in o.items() if k not in ('metadata', 'status')}  # noqa: E731
+        def spec_of(obj: Mapping[str, Any]) -> dict[str, Any]:
+            return {k: v for k, v in obj.items() if k not in ('metadata', 'status')}
+
         if spec_of(result) != spec_of(old):
             meta['generation'] = old_meta.get('generation', 1) + 1
         meta['resourceVersion'] = self._next_rv()

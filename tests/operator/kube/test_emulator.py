@@ -165,7 +165,7 @@ async def test_watch_honours_resource_version_and_loses_nothing(emulator: Serveg
         events = await read_events(resp, 2)
         assert [(e['type'], e['object']['metadata']['name']) for e in events] == [('ADDED', 'between'), ('MODIFIED', 'before')]
         await call(emulator, 'DELETE', f'{CMS}/between')
-        await call(emulator, 'POST', f'/api/v1/namespaces/other/configmaps', {'metadata': {'name': 'elsewhere'}})
+        await call(emulator, 'POST', '/api/v1/namespaces/other/configmaps', {'metadata': {'name': 'elsewhere'}})
         await call(emulator, 'POST', CMS, {'metadata': {'name': 'after'}})
         events = await read_events(resp, 2)
         assert [(e['type'], e['object']['metadata']['name']) for e in events] == [('DELETED', 'between'), ('ADDED', 'after')]
@@ -327,7 +327,7 @@ async def test_orphan_propagation_and_delete_preconditions(emulator: ServegraphE
     _, owner = await call(emulator, 'POST', MDEPS, mdep('owner'))
     ref = {'apiVersion': 'servegraph.io/v1alpha1', 'kind': 'ModelDeployment', 'name': 'owner', 'uid': owner['metadata']['uid']}
     await call(emulator, 'POST', CMS, {'metadata': {'name': 'kept', 'ownerReferences': [ref]}})
-    status, body = await call(emulator, 'DELETE', f'{MDEPS}/owner', {'preconditions': {'uid': 'not-it'}})
+    status, _ = await call(emulator, 'DELETE', f'{MDEPS}/owner', {'preconditions': {'uid': 'not-it'}})
     assert status == 409
     status, _ = await call(emulator, 'DELETE', f'{MDEPS}/owner', propagationPolicy='Orphan')
     assert status == 200
