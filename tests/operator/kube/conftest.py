@@ -74,6 +74,7 @@ def operator_settings(settings: kopf.OperatorSettings) -> None:
     settings.posting.enabled = False
     settings.scanning.disabled = True
     settings.networking.error_backoffs = [0.1, 0.2, 0.3]
+    settings.queueing.error_delays = [0.1, 0.2, 0.5]  # throttling after unexpected errors
     settings.networking.request_timeout = 10
     settings.watching.reconnect_backoff = 0.05
     settings.watching.inactivity_timeout = 30

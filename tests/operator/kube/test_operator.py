@@ -171,3 +171,38 @@ async def test_namespaced_operator_follows_an_owned_kind_through_faults(
     assert {c.namespace for c in emulator.calls if c.verb == 'watch'} == {NS}
     listed = {c.resource for c in emulator.calls if c.verb == 'list'}
     assert listed == (set() if initial_streaming else {'modeldeployments', 'deployments'})
+
+
+async def test_kopf_pitfall_a_failed_status_patch_is_never_retried(
+    emulator: ServegraphEmulator, run_operator: OperatorRunner, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """kopf writes a handler's outcome in two PATCHes: the main resource (its progress and
+    diffbase annotations) then ``/status``. A non-retriable error on the second (409, 422,
+    403; 5xx and 429 are retried) leaves the object recorded as handled with its status lost:
+    kopf throttles, and no later event re-runs the handler. Critical status is best written by
+    the operator itself (or re-derived by a timer/resume handler)."""
+    registry = kopf.OperatorRegistry()
+
+    updates: list[str] = []
+
+    @kopf.on.create('servegraph.io', 'v1alpha1', 'modeldeployments', registry=registry)
+    def create(patch: kopf.Patch, **_: Any) -> None:
+        patch.status['phase'] = 'Ready'
+
+    @kopf.on.update('servegraph.io', 'v1alpha1', 'modeldeployments', registry=registry)
+    def update(name: str, **_: Any) -> None:
+        updates.append(name)
+
+    fault = emulator.inject('patch', 'modeldeployments', 409, subresource='status')
+    async with run_operator(registry):
+        emulator.create_object(MODELDEPLOYMENTS, mdep('m'), namespace=NS)
+        await eventually(lambda: fault.used and 'Throttling is over' in caplog.text, what='the throttled 409')
+        body = emulator.get_object(MODELDEPLOYMENTS, NS, 'm')
+        assert body is not None and 'status' not in body
+        assert 'servegraph.io/last-handled-configuration' in body['metadata']['annotations']  # "handled"
+        # A later change is an update, not a retry of the creation: the status stays lost.
+        emulator.patch_object(MODELDEPLOYMENTS, NS, 'm', {'metadata': {'labels': {'touched': 'yes'}}})
+        await eventually(lambda: updates == ['m'], what='the update handler')
+    body = emulator.get_object(MODELDEPLOYMENTS, NS, 'm')
+    assert body is not None and 'phase' not in body.get('status', {})
+    assert [(c.subresource, c.status) for c in emulator.calls if c.verb == 'patch'][:2] == [(None, 200), ('status', 409)]
