@@ -42,6 +42,7 @@ Usage (fixtures in conftest.py: ``emulator``, ``api_client``, ``kubeconfig``, ``
     emulator.calls                                # every Call(verb, group, resource, subresource,
                                                   #   namespace, name, status, body, content_type)
     emulator.rbac_rules()                         # {(group, resource[/sub], verb)}
+    emulator.ungranted(role['rules'])             # what was used that the Role does not grant
     emulator.inject('patch', 'apps/deployments', 429, retry_after=1, times=2)
     emulator.expire_watches() / compact() / watching(res) / resource_version
     emulator.objects[res, ns, name].history       # kmock's versioned store, as usual
@@ -445,6 +446,19 @@ class ServegraphEmulator(kmock.KubernetesEmulator):
             (call.group, f'{call.resource}/{call.subresource}' if call.subresource else call.resource, call.verb)
             for call in self.calls
         }
+
+    def ungranted(self, rules: Iterable[Mapping[str, Any]]) -> list[tuple[str, str, str]]:
+        """The (group, resource[/sub], verb) used so far that no RBAC rule grants; ``rules``
+        as in a Role/ClusterRole (apiGroups, resources, verbs; ``*`` wildcards;
+        resourceNames ignored, i.e. assumed to match)."""
+        def granted(group: str, resource: str, verb: str) -> bool:
+            return any(
+                ({'*', group} & set(rule.get('apiGroups', [])))
+                and ({'*', resource} & set(rule.get('resources', [])))
+                and ({'*', verb} & set(rule.get('verbs', [])))
+                for rule in rules
+            )
+        return sorted(rule for rule in self.rbac_rules() if not granted(*rule))
 
     def inject(
         self,

@@ -253,6 +253,9 @@ async def test_recording_and_fault_injection(emulator: ServegraphEmulator) -> No
     assert emulator.rbac_rules() == {('', 'configmaps', 'create'), ('', 'configmaps', 'patch'),
                                      ('', 'configmaps', 'list'), ('apps', 'deployments', 'create'),
                                      ('apps', 'deployments', 'patch')}
+    role_rules = [{'apiGroups': [''], 'resources': ['configmaps'], 'verbs': ['create', 'list']},
+                  {'apiGroups': ['apps'], 'resources': ['*'], 'verbs': ['create', 'patch']}]
+    assert emulator.ungranted(role_rules) == [('', 'configmaps', 'patch')]
 
 
 async def test_discovery_lists_the_resources(emulator: ServegraphEmulator) -> None:
