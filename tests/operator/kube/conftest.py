@@ -9,13 +9,16 @@ import logging
 import signal
 import threading
 from collections.abc import AsyncIterator, Callable, Collection, Iterator
+from pathlib import Path
 from typing import Any
 
 import kmock
 import kopf
 import kubernetes.client
+import kubernetes.config
 import pytest
 import pytest_asyncio
+import yaml
 
 from .emulator import MODELDEPLOYMENTS, ServegraphEmulator
 
@@ -48,12 +51,30 @@ def api_client(emulator: ServegraphEmulator) -> Iterator[kubernetes.client.ApiCl
         client.close()
 
 
+@pytest.fixture()
+def kubeconfig(emulator: ServegraphEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A kubeconfig for the emulator, made the default (``KUBECONFIG`` and the client's default
+    location, which ``kubernetes.config`` read at import): for code that calls
+    ``kubernetes.config.load_kube_config()`` itself."""
+    path = tmp_path / 'kubeconfig'
+    path.write_text(yaml.safe_dump({
+        'apiVersion': 'v1', 'kind': 'Config', 'current-context': 'emulator',
+        'clusters': [{'name': 'emulator', 'cluster': {'server': str(emulator.url).rstrip('/')}}],
+        'users': [{'name': 'tester', 'user': {'token': 'not-checked'}}],
+        'contexts': [{'name': 'emulator', 'context': {'cluster': 'emulator', 'user': 'tester', 'namespace': 'default'}}],
+    }))
+    monkeypatch.setenv('KUBECONFIG', str(path))
+    monkeypatch.setattr(kubernetes.config.kube_config, 'KUBE_CONFIG_DEFAULT_LOCATION', str(path))
+    return path
+
+
 def operator_settings(settings: kopf.OperatorSettings) -> None:
     """The settings of every embedded operator in these tests (fast, quiet, standalone)."""
     settings.peering.standalone = True
     settings.posting.enabled = False
     settings.scanning.disabled = True
     settings.networking.error_backoffs = [0.1, 0.2, 0.3]
+    settings.queueing.error_delays = [0.1, 0.2, 0.5]  # throttling after unexpected errors
     settings.networking.request_timeout = 10
     settings.watching.reconnect_backoff = 0.05
     settings.watching.inactivity_timeout = 30
@@ -86,7 +107,7 @@ class _IgnoredTasks(Collection[asyncio.Task[Any]]):
         return len(self._existing)
 
 
-OperatorRunner = Callable[..., contextlib.AbstractAsyncContextManager[None]]
+OperatorRunner = Callable[..., contextlib.AbstractAsyncContextManager[kopf.OperatorSettings]]
 
 
 @pytest.fixture()
@@ -97,7 +118,8 @@ def run_operator(emulator: ServegraphEmulator) -> OperatorRunner:
     with the ``registry`` (a fresh ``kopf.OperatorRegistry()`` per test; a login handler
     for the emulator is added to it), the settings of :func:`operator_settings` then
     ``settings_fn(settings)``; it yields once a watch stream is open for every resource in
-    ``watched`` (default: modeldeployments) and stops the operator on exit.
+    ``watched`` (default: modeldeployments), yielding the settings, and stops the operator
+    on exit (letting its workers finish; kopf's own errors are re-raised there).
     """
 
     @contextlib.asynccontextmanager
@@ -108,7 +130,7 @@ def run_operator(emulator: ServegraphEmulator) -> OperatorRunner:
         namespaces: Collection[str] = (),
         watched: Collection[str | kmock.resource] = (MODELDEPLOYMENTS,),
         startup_timeout: float = 10,
-    ) -> AsyncIterator[None]:
+    ) -> AsyncIterator[kopf.OperatorSettings]:
         @kopf.on.login(registry=registry)
         def login_to_emulator(**_: Any) -> kopf.ConnectionInfo:
             return kopf.ConnectionInfo(server=str(emulator.url).rstrip('/'), insecure=True)
@@ -137,7 +159,7 @@ def run_operator(emulator: ServegraphEmulator) -> OperatorRunner:
                 if loop.time() > deadline:
                     raise TimeoutError(f'the operator does not watch {list(watched)} after {startup_timeout}s')
                 await asyncio.sleep(0.01)
-            yield
+            yield settings
         finally:
             stop_flag.set()
             try:

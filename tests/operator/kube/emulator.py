@@ -31,7 +31,24 @@ request handling for resource URLs with an apiserver-like one:
   Retry-After, 500).
 
 User-defined kmock reactions (``emulator['patch apps/v1/deployments'] << 500``) still take
-precedence over this emulation, as in kmock. Not emulated: server-side apply (415), field
+precedence over this emulation, as in kmock.
+
+Usage (fixtures in conftest.py: ``emulator``, ``api_client``, ``kubeconfig``, ``run_operator``)::
+
+    emulator.create_object('v1/configmaps', {...}, namespace='ns')   # in-process, with events,
+    emulator.patch_object(res, ns, name, {...}, subresource='status') # not recorded as calls
+    emulator.get_object(res, ns, name) / list_objects(res, ns, label_selector) / delete_object(...)
+    emulator.writes('create', 'configmaps')       # [(verb, group, resource, namespace, name)]
+    emulator.calls                                # every Call(verb, group, resource, subresource,
+                                                  #   namespace, name, status, body, content_type)
+    emulator.rbac_rules()                         # {(group, resource[/sub], verb)}
+    emulator.ungranted(role['rules'])             # what was used that the Role does not grant
+    emulator.inject('patch', 'apps/deployments', 429, retry_after=1, times=2)
+    emulator.expire_watches() / compact() / watching(res) / resource_version
+    emulator.objects[res, ns, name].history       # kmock's versioned store, as usual
+
+The in-process methods and the server run in the test's event loop: call them from the loop,
+and call the synchronous ``kubernetes`` client only through ``asyncio.to_thread``. Not emulated: server-side apply (415), field
 managers, admission (validation, defaulting, pruning by a CRD schema), namespace existence and
 namespace deletion, foreground deletion, subresources other than ``status``, bookmarks other
 than the initial-events one, authentication and authorisation.
@@ -122,7 +139,11 @@ REASONS = {
 
 @dataclasses.dataclass
 class Call:
-    """One API request to a resource URL, as RBAC sees it; ``status`` is the answer's code."""
+    """One API request to a resource URL, as RBAC sees it; ``status`` is the answer's code.
+
+    For a create, ``name`` is the object's name from the body (RBAC sees none).
+    ``body`` is the parsed JSON body (None if none), ``content_type`` the request's.
+    """
 
     verb: str
     group: str
@@ -131,6 +152,8 @@ class Call:
     namespace: str | None
     name: str | None
     status: int | None = None
+    body: Any = None
+    content_type: str = ''
 
     @property
     def write(self) -> tuple[str, str, str, str | None, str | None]:
@@ -165,9 +188,7 @@ class Fault:
             return False
         if self.name is not None and self.name != call.name:
             return False
-        if self.subresource is not None and self.subresource != call.subresource:
-            return False
-        return True
+        return self.subresource is None or self.subresource == call.subresource
 
 
 @dataclasses.dataclass(eq=False)
@@ -380,7 +401,7 @@ def _bundled_resources() -> bytes:
     return gzip.decompress(importlib.resources.files('kmock._internal').joinpath('resources.json.gz').read_bytes())
 
 
-class ServegraphEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
+class ServegraphEmulator(kmock.KubernetesEmulator):
     """kmock's emulator with the apiserver semantics that kopf and the operator rely on."""
 
     def __attrs_post_init__(self) -> None:
@@ -419,11 +440,25 @@ class ServegraphEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         ]
 
     def rbac_rules(self) -> set[tuple[str, str, str]]:
-        """(apiGroup, resource[/subresource], verb) of every request made, for an RBAC check."""
+        """(apiGroup, resource[/subresource], verb) of every request made, for an RBAC check
+        (compare with a Role's rules: every tuple must be granted by some rule)."""
         return {
             (call.group, f'{call.resource}/{call.subresource}' if call.subresource else call.resource, call.verb)
             for call in self.calls
         }
+
+    def ungranted(self, rules: Iterable[Mapping[str, Any]]) -> list[tuple[str, str, str]]:
+        """The (group, resource[/sub], verb) used so far that no RBAC rule grants; ``rules``
+        as in a Role/ClusterRole (apiGroups, resources, verbs; ``*`` wildcards;
+        resourceNames ignored, i.e. assumed to match)."""
+        def granted(group: str, resource: str, verb: str) -> bool:
+            return any(
+                ({'*', group} & set(rule.get('apiGroups', [])))
+                and ({'*', resource} & set(rule.get('resources', [])))
+                and ({'*', verb} & set(rule.get('verbs', [])))
+                for rule in rules
+            )
+        return sorted(rule for rule in self.rbac_rules() if not granted(*rule))
 
     def inject(
         self,
@@ -456,7 +491,7 @@ class ServegraphEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         wanted = None if resource is None else kmock.resource(resource)
         count = 0
         for watcher in list(self._watchers):
-            if wanted is None or wanted.check(watcher.resource):
+            if not watcher.expired and not watcher.closed and (wanted is None or wanted.check(watcher.resource)):
                 watcher.expired = True
                 watcher.wake.set()
                 count += 1
@@ -529,9 +564,13 @@ class ServegraphEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         call = Call(
             verb=_verb(request), group=request.resource.group or '', resource=request.resource.plural,
             subresource=request.subresource, namespace=request.namespace, name=request.name,
+            content_type=request.headers.get('Content-Type', '').split(';')[0].strip(),
         )
         self.calls.append(call)
         try:
+            call.body = self._body(request)
+            if call.verb == 'create' and isinstance(call.body, Mapping):
+                call.name = (call.body.get('metadata') or {}).get('name')
             for fault in self._faults:
                 if fault.matches(call):
                     fault.used += 1
@@ -810,7 +849,9 @@ class ServegraphEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
                                                f'if the object is being deleted, found new finalizers {sorted(added)}')
         if result == old:  # a no-op: no new resourceVersion, no event
             return copy.deepcopy(old)
-        spec_of = lambda o: {k: v for k, v in o.items() if k not in ('metadata', 'status')}  # noqa: E731
+        def spec_of(obj: Mapping[str, Any]) -> dict[str, Any]:
+            return {k: v for k, v in obj.items() if k not in ('metadata', 'status')}
+
         if spec_of(result) != spec_of(old):
             meta['generation'] = old_meta.get('generation', 1) + 1
         meta['resourceVersion'] = self._next_rv()

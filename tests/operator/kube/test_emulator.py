@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import kubernetes.client
+import kubernetes.config
 
 from .emulator import MODELDEPLOYMENTS, ServegraphEmulator, eventually
 
@@ -164,7 +165,7 @@ async def test_watch_honours_resource_version_and_loses_nothing(emulator: Serveg
         events = await read_events(resp, 2)
         assert [(e['type'], e['object']['metadata']['name']) for e in events] == [('ADDED', 'between'), ('MODIFIED', 'before')]
         await call(emulator, 'DELETE', f'{CMS}/between')
-        await call(emulator, 'POST', f'/api/v1/namespaces/other/configmaps', {'metadata': {'name': 'elsewhere'}})
+        await call(emulator, 'POST', '/api/v1/namespaces/other/configmaps', {'metadata': {'name': 'elsewhere'}})
         await call(emulator, 'POST', CMS, {'metadata': {'name': 'after'}})
         events = await read_events(resp, 2)
         assert [(e['type'], e['object']['metadata']['name']) for e in events] == [('DELETED', 'between'), ('ADDED', 'after')]
@@ -243,13 +244,18 @@ async def test_recording_and_fault_injection(emulator: ServegraphEmulator) -> No
     assert (await call(emulator, 'PATCH', f'{CMS}/a', {'data': {}}, MERGE))[0] == 409
     await call(emulator, 'GET', CMS)
 
-    assert emulator.writes('create') == [('create', '', 'configmaps', NS, None)] * 2 + [('create', 'apps', 'deployments', NS, None)]
+    assert emulator.writes('create') == [('create', '', 'configmaps', NS, 'a')] * 2 + [('create', 'apps', 'deployments', NS, 'd')]
+    assert [c.body for c in emulator.calls if c.verb == 'patch' and c.status == 200] == [{'spec': {'replicas': 3}}]
+    assert {c.content_type for c in emulator.calls if c.verb == 'patch'} == {'application/merge-patch+json'}
     assert len(emulator.writes('patch', 'deployments')) == 3
     assert len(emulator.writes('patch', 'deployments', ok=True)) == 1
     assert len(emulator.writes(ok=False)) == 4
     assert emulator.rbac_rules() == {('', 'configmaps', 'create'), ('', 'configmaps', 'patch'),
                                      ('', 'configmaps', 'list'), ('apps', 'deployments', 'create'),
                                      ('apps', 'deployments', 'patch')}
+    role_rules = [{'apiGroups': [''], 'resources': ['configmaps'], 'verbs': ['create', 'list']},
+                  {'apiGroups': ['apps'], 'resources': ['*'], 'verbs': ['create', 'patch']}]
+    assert emulator.ungranted(role_rules) == [('', 'configmaps', 'patch')]
 
 
 async def test_discovery_lists_the_resources(emulator: ServegraphEmulator) -> None:
@@ -294,6 +300,103 @@ async def test_kubernetes_client_call_api(emulator: ServegraphEmulator, api_clie
 
     await asyncio.to_thread(scenario)
     assert [obj['metadata']['name'] for obj in emulator.list_objects('v1/configmaps', NS)] == ['a']
-    assert emulator.writes() == [('create', '', 'configmaps', NS, None), ('create', '', 'configmaps', NS, None),
+    assert emulator.writes() == [('create', '', 'configmaps', NS, 'a'), ('create', '', 'configmaps', NS, 'b'),
                                  ('patch', '', 'configmaps', NS, 'a'), ('patch', '', 'configmaps', NS, 'a'),
-                                 ('create', '', 'configmaps', NS, None), ('delete', '', 'configmaps', NS, 'b')]
+                                 ('create', '', 'configmaps', NS, 'a'), ('delete', '', 'configmaps', NS, 'b')]
+
+
+async def test_replace_deletecollection_and_patch_types(emulator: ServegraphEmulator) -> None:
+    _, created = await call(emulator, 'POST', CMS, {'metadata': {'generateName': 'cfg-', 'labels': {'k': 'v'}}, 'data': {'a': '1'}})
+    name = created['metadata']['name']
+    assert name.startswith('cfg-') and len(name) > 4
+    replacement = dict(created, data={'b': '2'})
+    status, replaced = await call(emulator, 'PUT', f'{CMS}/{name}', replacement)
+    assert status == 200 and replaced['data'] == {'b': '2'}
+    status, body = await call(emulator, 'PUT', f'{CMS}/{name}', replacement)  # the old resourceVersion
+    assert (status, body['reason']) == (409, 'Conflict')
+    status, body = await call(emulator, 'PATCH', f'{CMS}/{name}', {'data': {'c': '3'}},
+                              {'Content-Type': 'application/strategic-merge-patch+json'})
+    assert status == 200 and body['data'] == {'b': '2', 'c': '3'}  # applied as a merge patch
+    status, body = await call(emulator, 'PATCH', f'{CMS}/{name}', {}, {'Content-Type': 'application/apply-patch+yaml'})
+    assert status == 415  # server-side apply is not emulated
+    await call(emulator, 'POST', CMS, {'metadata': {'name': 'other'}})
+    status, body = await call(emulator, 'DELETE', CMS, labelSelector='k=v')
+    assert status == 200 and [i['metadata']['name'] for i in body['items']] == [name]
+    assert [o['metadata']['name'] for o in emulator.list_objects('v1/configmaps')] == ['other']
+    assert emulator.writes('deletecollection') == [('deletecollection', '', 'configmaps', NS, None)]
+
+
+async def test_orphan_propagation_and_delete_preconditions(emulator: ServegraphEmulator) -> None:
+    _, owner = await call(emulator, 'POST', MDEPS, mdep('owner'))
+    ref = {'apiVersion': 'servegraph.io/v1alpha1', 'kind': 'ModelDeployment', 'name': 'owner', 'uid': owner['metadata']['uid']}
+    await call(emulator, 'POST', CMS, {'metadata': {'name': 'kept', 'ownerReferences': [ref]}})
+    status, _ = await call(emulator, 'DELETE', f'{MDEPS}/owner', {'preconditions': {'uid': 'not-it'}})
+    assert status == 409
+    status, _ = await call(emulator, 'DELETE', f'{MDEPS}/owner', propagationPolicy='Orphan')
+    assert status == 200
+    kept = emulator.get_object('v1/configmaps', NS, 'kept')
+    assert kept is not None and 'ownerReferences' not in kept['metadata']
+
+
+async def test_watch_timeout_initial_events_and_in_process_writes(emulator: ServegraphEmulator) -> None:
+    emulator.create_object('v1/configmaps', {'metadata': {'name': 'a'}}, namespace=NS)
+    async with emulator.get(CMS, params={'watch': 'true', 'sendInitialEvents': 'true',
+                                         'resourceVersionMatch': 'NotOlderThan', 'allowWatchBookmarks': 'true'}) as resp:
+        added, bookmark = await read_events(resp, 2)
+        assert added['type'] == 'ADDED' and added['object']['metadata']['name'] == 'a'
+        assert bookmark['type'] == 'BOOKMARK'
+        assert bookmark['object']['metadata']['annotations'] == {'k8s.io/initial-events-end': 'true'}
+        emulator.patch_object('v1/configmaps', NS, 'a', {'data': {'x': 'y'}})  # as another controller would
+        [modified] = await read_events(resp, 1)
+        assert modified['type'] == 'MODIFIED' and modified['object']['data'] == {'x': 'y'}
+        emulator.delete_object('v1/configmaps', NS, 'a')
+        [deleted] = await read_events(resp, 1)
+        assert deleted['type'] == 'DELETED'
+    assert emulator.calls[-1].verb == 'watch' and emulator.writes() == []  # in-process: not recorded
+
+    async with asyncio.timeout(3):
+        async with emulator.get(CMS, params={'watch': 'true', 'timeoutSeconds': '0.1'}) as resp:
+            assert await resp.content.read() == b''  # the server ends the stream
+    # The history of versions is kmock's, as usual: created, modified, removed (its last state), gone.
+    history = emulator.objects['v1/configmaps', NS, 'a'].history
+    assert len(history) == 4 and history[1]['data'] == {'x': 'y'} and history[-1] is None
+    assert emulator.objects['v1/configmaps', NS, 'a'].deleted
+
+
+async def test_kmock_reactions_take_precedence(emulator: ServegraphEmulator) -> None:
+    emulator['list v1/configmaps'] << 503
+    status, _ = await call(emulator, 'GET', CMS)
+    assert status == 503
+    assert emulator.calls[-1].status == 503
+    status, _ = await call(emulator, 'GET', DEPLOYS)
+    assert status == 200
+
+
+async def test_typed_kubernetes_apis_through_a_kubeconfig(emulator: ServegraphEmulator, kubeconfig: Any) -> None:
+    def scenario() -> None:
+        kubernetes.config.load_kube_config()
+        core, apps = kubernetes.client.CoreV1Api(), kubernetes.client.AppsV1Api()
+        created = core.create_namespaced_config_map(NS, kubernetes.client.V1ConfigMap(
+            metadata=kubernetes.client.V1ObjectMeta(name='typed', labels={'k': 'v'}), data={'a': '1'}))
+        assert created.metadata.uid and created.metadata.resource_version
+        patched = core.patch_namespaced_config_map('typed', NS, {'data': {'b': '2'}})  # a strategic merge patch
+        assert patched.data == {'a': '1', 'b': '2'}
+        listing = core.list_namespaced_config_map(NS, label_selector='k=v')
+        assert [item.metadata.name for item in listing.items] == ['typed']
+        assert listing.metadata.resource_version
+        # The emulator validates nothing, but the typed client's models check what they read back.
+        apps.create_namespaced_deployment(NS, {'metadata': {'name': 'd'}, 'spec': {
+            'replicas': 1, 'selector': {'matchLabels': {'app': 'd'}},
+            'template': {'metadata': {'labels': {'app': 'd'}}, 'spec': {'containers': [{'name': 'c', 'image': 'i'}]}}}})
+        scaled = apps.patch_namespaced_deployment('d', NS, [{'op': 'replace', 'path': '/spec/replicas', 'value': 3}])
+        assert scaled.spec.replicas == 3 and scaled.metadata.generation == 2
+        try:
+            core.read_namespaced_config_map('missing', NS)
+        except kubernetes.client.ApiException as exc:
+            assert exc.status == 404
+        else:
+            raise AssertionError('no 404')
+
+    await asyncio.to_thread(scenario)
+    assert [c.content_type for c in emulator.calls if c.verb == 'patch'] == [
+        'application/strategic-merge-patch+json', 'application/json-patch+json']
