@@ -18,6 +18,7 @@ import json
 from dataclasses import dataclass, replace
 from typing import Any
 
+from servegraph.operator.diff import STATE_LABEL
 from servegraph.operator.render import (
     ConfigOverrides,
     Endpoint,
@@ -52,7 +53,7 @@ ROLES = {"Model": "model", "Router": "router", "Combiner": "combiner", "Transfor
 LABEL_DEPLOYMENT = "servegraph.io/deployment"
 LABEL_NODE = "servegraph.io/node"
 LABEL_ROLE = "servegraph.io/role"
-LABEL_STATE = "servegraph.io/state"
+LABEL_STATE = STATE_LABEL
 """On a bandit router's state ConfigMap: its replicas write it, so its changes wake nobody."""
 
 

@@ -25,6 +25,25 @@ _SUFFIXES: dict[str, Decimal] = {
 POD_SPEC_KEYS = ("nodeSelector", "tolerations", "initContainers")
 """Pod-spec fields we set only sometimes: when we stop setting one, the patch removes it."""
 
+STATE_LABEL = "servegraph.io/state"
+"""A ConfigMap whose data its router replicas write: never compared or overwritten."""
+
+
+def owns_data(desired: Object) -> bool:
+    """Whether a ConfigMap's ``data`` is ours as a whole (the rendered configs: a key we no
+    longer render must go), rather than written by the pods (bandit state)."""
+    labels = (desired.get("metadata") or {}).get("labels") or {}
+    return desired.get("kind") == "ConfigMap" and STATE_LABEL not in labels
+
+
+def up_to_date(actual: Object, desired: Object) -> bool:
+    """``same``, plus: a ConfigMap we own holds exactly our keys."""
+    if not same(actual, desired):
+        return False
+    if owns_data(desired):
+        return set(actual.get("data") or {}) == set(desired.get("data") or {})
+    return True
+
 
 def quantity(value: Any) -> Decimal | None:
     """A Kubernetes quantity's value (``500m`` -> 0.5, ``1Gi`` -> 1073741824), else None."""
@@ -68,6 +87,9 @@ def merge_patch(actual: Object, desired: Object) -> Object:
     no longer (a merge patch leaves a key it does not name).
     """
     patch: Object = dict(desired)
+    if owns_data(desired):
+        gone = {k: None for k in actual.get("data") or {} if k not in (desired.get("data") or {})}
+        patch["data"] = {**(desired.get("data") or {}), **gone}
     template = ((desired.get("spec") or {}).get("template") or {}).get("spec")
     live = ((actual.get("spec") or {}).get("template") or {}).get("spec") or {}
     if isinstance(template, dict):

@@ -79,9 +79,9 @@ class KubeError(RuntimeError):
         self.status = status
 
 
-def retry_delay(error: ApiException, attempt: int) -> float:
+def retry_delay(error: ApiException, attempt: int, backoffs: tuple[float, ...] = BACKOFFS) -> float:
     """How long to wait before attempt ``attempt + 1``: the backoff, or Retry-After if longer."""
-    delay = BACKOFFS[min(attempt, len(BACKOFFS) - 1)]
+    delay = backoffs[min(attempt, len(backoffs) - 1)]
     headers = error.headers or {}
     retry_after = headers.get("Retry-After") if isinstance(headers, Mapping) else None
     if retry_after:
@@ -95,13 +95,16 @@ def retry_delay(error: ApiException, attempt: int) -> float:
 class Kube:
     """The calls the operator makes, on one ApiClient."""
 
-    def __init__(self, api: client.ApiClient, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(self, api: client.ApiClient, sleep: Callable[[float], None] = time.sleep,
+                 backoffs: tuple[float, ...] = BACKOFFS) -> None:  # fmt: skip
         self.api = api
         self.sleep = sleep
+        self.backoffs = backoffs
 
     def _call(self, method: str, path: str, body: Any = None, query: list[tuple[str, str]] | None = None,
               content_type: str = "application/json") -> Any:  # fmt: skip
-        for attempt in range(len(BACKOFFS) + 1):
+        backoffs = self.backoffs
+        for attempt in range(len(backoffs) + 1):
             try:
                 return self.api.call_api(
                     path,
@@ -116,17 +119,17 @@ class Kube:
                     _request_timeout=30,
                 )
             except ApiException as error:
-                if error.status not in RETRIED or attempt == len(BACKOFFS):
+                if error.status not in RETRIED or attempt == len(backoffs):
                     raise
                 if error.status == 409 and method == "POST":
                     raise  # AlreadyExists: the caller adopts, retrying cannot help
-                delay = retry_delay(error, attempt)
+                delay = retry_delay(error, attempt, backoffs)
                 log.info("%s %s answered %s; retrying in %.1f s", method, path, error.status, delay)
                 self.sleep(delay)
             except HTTPError as error:
-                if attempt == len(BACKOFFS):
+                if attempt == len(backoffs):
                     raise KubeError(f"{method} {path}: {error}") from error
-                self.sleep(BACKOFFS[attempt])
+                self.sleep(backoffs[attempt])
         raise AssertionError("unreachable")
 
     def get(self, kind: str, namespace: str, name: str) -> Object | None:

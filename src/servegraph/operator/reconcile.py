@@ -30,7 +30,7 @@ from servegraph.operator.children import (
     object_name,
     selector,
 )
-from servegraph.operator.diff import controller_uid, merge_patch, same
+from servegraph.operator.diff import controller_uid, merge_patch, up_to_date
 from servegraph.operator.kube import OWNED_KINDS, Kube
 from servegraph.operator.manifest import parse_manifest
 from servegraph.operator.settings import OperatorSettings
@@ -83,12 +83,26 @@ class Reconciler:
         self.notify = notify
         self.now = now
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._queued: set[tuple[str, str]] = set()
 
     async def reconcile(self, namespace: str, name: str) -> Outcome | None:
-        """One pass over ``namespace/name``; None when it no longer exists (or is going)."""
-        lock = self._locks.setdefault((namespace, name), asyncio.Lock())
-        async with lock:
-            return await asyncio.to_thread(self._reconcile, namespace, name)
+        """One pass over ``namespace/name``; None when it no longer exists (or is going).
+
+        Passes over one object run one at a time, and a burst of events costs at most two:
+        while a pass waits for its turn, more events for the same object join it (it has not
+        read anything yet, so it will see their changes too).
+        """
+        key = (namespace, name)
+        if key in self._queued:
+            return None
+        self._queued.add(key)
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        try:
+            async with lock:
+                self._queued.discard(key)
+                return await asyncio.to_thread(self._reconcile, namespace, name)
+        finally:
+            self._queued.discard(key)  # also when cancelled while waiting: never block later passes
 
     # ------------------------------------------------------------------ one pass (in a thread)
 
@@ -163,7 +177,7 @@ class Reconciler:
                     self.notify(body, "ChildConflict", message, True)
                 live[kind, name] = actual
                 continue
-            if same(actual, obj):
+            if up_to_date(actual, obj):
                 live[kind, name] = actual
                 continue
             live[kind, name] = self.kube.patch(kind, namespace, name, merge_patch(actual, obj))

@@ -50,7 +50,8 @@ def recorder() -> Recorder:
 
 @pytest.fixture()
 def reconciler(api_client: kubernetes.client.ApiClient, recorder: Recorder) -> Reconciler:
-    return Reconciler(Kube(api_client), OperatorSettings(), notify=recorder, now=lambda: "2026-12-03T00:00:00Z")
+    kube = Kube(api_client, backoffs=(0.05, 0.1, 0.2))  # short: a stopped emulator must not hold teardown
+    return Reconciler(kube, OperatorSettings(), notify=recorder, now=lambda: "2026-12-03T00:00:00Z")
 
 
 async def eventually(check: Callable[[], Any], timeout: float = 15.0, what: str = "") -> Any:
@@ -98,7 +99,7 @@ def roll_out(emulator: ServegraphEmulator) -> None:
         meta = deployment["metadata"]
         replicas = deployment["spec"].get("replicas", 1)
         emulator.patch_object(
-            "deployments", NS, meta["name"],
+            FULL["deployments"], NS, meta["name"],
             {"status": {"observedGeneration": meta.get("generation", 1), "replicas": replicas,
                         "updatedReplicas": replicas, "readyReplicas": replicas, "availableReplicas": replicas}},
             subresource="status",
@@ -153,7 +154,9 @@ async def test_a_new_graph_gets_its_children_and_a_truthful_status(
         creates = [w[2] for w in emulator.writes("create")]
         assert sorted(creates) == ["configmaps"] + ["deployments"] * 6 + ["services"] * 6
         assert not body["metadata"].get("finalizers")
-        assert not [w for w in emulator.writes("patch", "modeldeployments") if w[4] == "graph"]  # only /status
+        spec_writes = [c for c in emulator.calls if c.resource == "modeldeployments" and c.verb != "get"
+                       and c.verb != "list" and c.verb != "watch" and c.subresource != "status"]
+        assert spec_writes == []  # the operator writes only /status
 
 
 async def test_ready_after_the_rollout_and_an_unchanged_world_writes_nothing(
@@ -177,7 +180,7 @@ async def test_a_changed_node_patches_only_its_own_deployment(
 ) -> None:
     async with operating(run_operator, reconciler):
         await converged(emulator)
-        before = len(emulator.writes())
+        before = len(emulator.writes("patch"))
         emulator.patch_object(MODELDEPLOYMENTS, NS, "graph", {"spec": {"nodes": _with(GRAPH, "ens", combiner={"method": "Max"})}})
         await eventually(lambda: mdep(emulator)["status"]["observedGeneration"] == 2, what="generation 2 observed")
         await settled(emulator)
@@ -193,21 +196,21 @@ def _with(manifest: dict[str, Any], name: str, **changes: Any) -> list[dict[str,
     return nodes
 
 
-async def test_a_removed_node_loses_its_objects_and_an_added_one_gets_them(
+async def test_an_added_node_gets_its_objects_and_a_removed_one_loses_them(
     emulator: ServegraphEmulator, run_operator: OperatorRunner, reconciler: Reconciler
 ) -> None:
     async with operating(run_operator, reconciler):
         await converged(emulator)
-        smaller = copy.deepcopy(GRAPH)
-        node(smaller, "split")["children"] = ["ens"]
-        node(smaller, "split")["router"]["weights"] = [{"child": "ens", "weight": 100}]
-        smaller["spec"]["nodes"] = [n for n in smaller["spec"]["nodes"] if n["name"] != "a"]
-        emulator.patch_object(MODELDEPLOYMENTS, NS, "graph", {"spec": {"nodes": smaller["spec"]["nodes"]}})
-        await eventually(lambda: "graph-a" not in names(emulator, "deployments"), what="graph-a deleted")
-        assert "graph-a" not in names(emulator, "services")
-        await eventually(lambda: "a.overrides.json" not in emulator.get_object(FULL["configmaps"], NS, "graph-graph")["data"])  # type: ignore[index]
+        bigger = copy.deepcopy(GRAPH)
+        node(bigger, "ens")["children"] = ["b", "c", "d"]
+        bigger["spec"]["nodes"].append({"name": "d", "type": "Model", "model": {"storageUri": "models/d"}})
+        emulator.patch_object(MODELDEPLOYMENTS, NS, "graph", {"spec": {"nodes": bigger["spec"]["nodes"]}})
+        await eventually(lambda: "graph-d" in names(emulator, "deployments") and "graph-d" in names(emulator, "services"))
+        assert "d.overrides.json" in emulator.get_object(FULL["configmaps"], NS, "graph-graph")["data"]  # type: ignore[index]
         emulator.patch_object(MODELDEPLOYMENTS, NS, "graph", {"spec": {"nodes": GRAPH["spec"]["nodes"]}})
-        await eventually(lambda: "graph-a" in names(emulator, "deployments") and "graph-a" in names(emulator, "services"))
+        await eventually(lambda: "graph-d" not in names(emulator, "deployments") + names(emulator, "services"))
+        await eventually(lambda: "d.overrides.json" not in emulator.get_object(FULL["configmaps"], NS, "graph-graph")["data"])  # type: ignore[index]
+        assert len(names(emulator, "deployments")) == 6
 
 
 async def test_hand_edits_and_deletions_are_put_back(emulator: ServegraphEmulator, run_operator: OperatorRunner, reconciler: Reconciler) -> None:
@@ -254,10 +257,14 @@ async def test_stuck_pods_reach_the_status(emulator: ServegraphEmulator, run_ope
         emulator.create_object(
             FULL["pods"],
             {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "graph-a-1", "labels": labels},
-             "spec": {"containers": [{"name": "servegraph", "image": "x"}]},
-             "status": {"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                                        "message": "0/2 nodes are available: 2 Insufficient nvidia.com/gpu."}]}},
+             "spec": {"containers": [{"name": "servegraph", "image": "x"}]}},
             namespace=NS,
+        )  # fmt: skip
+        emulator.patch_object(  # what the scheduler reports
+            FULL["pods"], NS, "graph-a-1",
+            {"status": {"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                        "message": "0/2 nodes are available: 2 Insufficient nvidia.com/gpu."}]}},
+            subresource="status",
         )  # fmt: skip
 
         def degraded() -> dict[str, Any] | None:
@@ -289,13 +296,14 @@ async def test_a_child_created_meanwhile_is_adopted(
     emulator: ServegraphEmulator, reconciler: Reconciler
 ) -> None:
     """409 AlreadyExists on create (a pass that died after its POST): adopted, not duplicated."""
-    body = create(emulator, copy.deepcopy(GRAPH))
+    create(emulator, copy.deepcopy(GRAPH))
     await reconciler.reconcile(NS, "graph")
-    emulator.delete_object(FULL["services"], NS, "graph-pre")
-    emulator.inject("create", "services", 409, name="graph-pre")
+    # The read says "missing" (the object is created right after it), so the POST meets a 409.
+    emulator.inject("get", "services", 404, name="graph-pre")
     outcome = await reconciler.reconcile(NS, "graph")
-    assert outcome is not None and outcome.conflicts == []
-    assert body["metadata"]["uid"]
+    assert outcome is not None and outcome.conflicts == [] and outcome.created == []
+    assert emulator.writes("create", "services", ok=False) == [("create", "", "services", NS, "graph-pre")]
+    assert names(emulator, "services").count("graph-pre") == 1
 
 
 async def test_an_object_someone_else_owns_is_a_conflict(
