@@ -74,6 +74,7 @@ def test_the_operator_imports_no_data_plane_library() -> None:
         "import sys\n"
         "import servegraph.operator.spec, servegraph.operator.validation\n"
         "import servegraph.operator.manifest, servegraph.operator.render\n"
+        "import servegraph.operator.crd, servegraph.operator.reference\n"
         f"loaded = [m for m in {DATA_PLANE_LIBRARIES!r} if m in sys.modules]\n"
         "print(','.join(loaded))\n"
     )

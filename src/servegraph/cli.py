@@ -5,6 +5,8 @@
     servegraph validate MANIFEST.yaml           check a manifest and print what is wrong
     servegraph fetch URI DEST                   fetch a storageUri into a model folder
                                                 (the model puller a pod's init container runs)
+    servegraph crd [--output DIR]               write the ModelDeployment CRD (default ./crds)
+    servegraph spec-reference [--output FILE]   write the spec reference (docs/spec-reference.md)
 """
 
 from __future__ import annotations
@@ -47,6 +49,26 @@ def _fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _crd(args: argparse.Namespace) -> int:
+    from servegraph.operator.crd import FILE_NAME, crd_yaml
+
+    path = Path(args.output) / FILE_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(crd_yaml())
+    print(path)
+    return 0
+
+
+def _spec_reference(args: argparse.Namespace) -> int:
+    from servegraph.operator.reference import spec_reference
+
+    path = Path(args.output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(spec_reference())
+    print(path)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="servegraph", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     subparsers = parser.add_subparsers(dest="command", required=True)
@@ -66,6 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     fetch.add_argument("dest", help="the model folder to create (replaced once the fetch succeeds)")
     fetch.add_argument("--timeout", type=float, default=60.0, help="seconds per network operation")
     fetch.set_defaults(func=_fetch)
+    crd = subparsers.add_parser("crd", help="write the ModelDeployment CustomResourceDefinition")
+    crd.add_argument("--output", default="crds", help="folder to write servegraph.io_modeldeployments.yaml into")
+    crd.set_defaults(func=_crd)
+    reference = subparsers.add_parser("spec-reference", help="write the spec reference (Markdown)")
+    reference.add_argument("--output", default="docs/spec-reference.md", help="the Markdown file to write")
+    reference.set_defaults(func=_spec_reference)
     args = parser.parse_args(argv)
     return int(args.func(args))
 
