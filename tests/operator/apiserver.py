@@ -177,12 +177,10 @@ def walked_fields(schema: Schema, expression: str) -> list[tuple[str, Schema]]:
         if head not in roots:
             continue
         parts = [p for p in match.group(2).split(".") if p]
-        methods = []
-        while parts and parts[-1] in (*_MACROS, "size", "sum", "min", "max"):
-            methods.append(parts.pop())
+        method = parts.pop() if text[match.end() : match.end() + 1] == "(" else None
         path, at = roots[head]
         walked = _resolve(at, parts)
-        if methods == ["size"] or any(a <= match.start() and match.end() <= b for a, b in cheap):
+        if method == "size" or any(a <= match.start() and match.end() <= b for a, b in cheap):
             walked = walked[:-1]  # only its size is read
         for index, field in enumerate(walked):
             found.append((".".join([path, *parts[: index + 1]]), field))

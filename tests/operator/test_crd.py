@@ -145,6 +145,38 @@ def test_rules_walk_only_bounded_fields() -> None:
     assert all(bound != (None, None) for bound in walked.values()), walked
 
 
+STATIC_ESTIMATED_COST_LIMIT = 10_000_000
+STATIC_ESTIMATED_CRD_COST_LIMIT = 100_000_000
+"""The API server's limits on one rule's estimated cost, and on all rules times their cardinality."""
+
+
+def _bounds(schema: dict[str, Any], path: str = "") -> list[tuple[str, dict[str, Any], int]]:
+    """Every schema node holding rules, with its cardinality (product of enclosing maxItems)."""
+    found = [(path, schema, 1)] if "x-kubernetes-validations" in schema else []
+    for name, sub in schema.get("properties", {}).items():
+        found += _bounds(sub, f"{path}.{name}")
+    if isinstance(schema.get("items"), dict):
+        found += [(p, s, n * schema["maxItems"]) for p, s, n in _bounds(schema["items"], f"{path}[]")]
+    return found
+
+
+def test_rule_costs_stay_under_the_api_servers_limits() -> None:
+    """A rough upper bound of the API server's estimate: each walked list multiplies (as if
+    nested), each string counts its full length. The real estimate is lower; this fails first."""
+    total = 0
+    for path, schema, cardinality in _bounds(_root()):
+        for rule in schema["x-kubernetes-validations"]:
+            cost = 1
+            longest = 1
+            for _, field in walked_fields(schema, rule["rule"]):
+                cost *= field.get("maxItems", 1)
+                longest = max(longest, field.get("maxLength", 1))
+            cost *= longest
+            assert cost < STATIC_ESTIMATED_COST_LIMIT, (path, rule["rule"], cost)
+            total += cost * cardinality
+    assert total < STATIC_ESTIMATED_CRD_COST_LIMIT, total
+
+
 Fault = Callable[[dict[str, Any]], Any]
 
 
@@ -338,6 +370,8 @@ BAD: list[tuple[str, Callable[[dict[str, Any]], Any], str]] = [
      "combiner.weights: weights applies to WeightedMean"),
     ("concat-axis-on-mean", _at("ens", combiner={"method": "Mean", "concatAxis": 1}), "concatAxis applies to Concat"),
     ("quorum-without-skip", _at("ens", combiner={"method": "Mean", "quorum": 1}), "quorum applies to onChildFailure: Skip"),
+    ("quorum-over-children", _at("ens", combiner={"method": "Mean", "onChildFailure": "Skip", "quorum": 3}),
+     "spec.nodes[2].combiner.quorum: node 'ens': combiner quorum may not exceed the node's children"),
     # transformer and steps
     ("no-steps", _at("pre", transformer={"input": []}), "a Transformer needs at least one input or output step"),
     ("scaler-without-mean", _steps({"kind": "StandardScaler", "scale": [1.0]}), "a StandardScaler needs mean and scale, or paramsFile"),
@@ -348,12 +382,21 @@ BAD: list[tuple[str, Callable[[dict[str, Any]], Any], str]] = [
      "an OutlierDetector needs referenceFile (mahalanobis always), or inline mean and scale"),
     ("drift-without-reference", _steps({"kind": "DriftDetector"}), "a DriftDetector needs referenceFile"),
     ("python-without-file", _steps({"kind": "Python"}), "a Python step needs file"),
+    ("two-outlier-detectors",
+     lambda d: node(d, "pre")["transformer"].update(output=[{"kind": "OutlierDetector", "referenceFile": "r.csv"}] * 2),
+     "a Transformer takes one OutlierDetector step at most: each adds OUTLIER_SCORE and IS_OUTLIER"),
     ("feature-range-reversed", _steps({"kind": "MinMaxScaler", "min": [0], "max": [1], "featureRange": [1, 0]}),
      "transformer.input[0].featureRange: featureRange must be [low, high] with low < high"),
     ("threshold-zero", _steps({"kind": "OutlierDetector", "referenceFile": "r.csv", "threshold": 0}),
      "threshold: 0 is less than or equal to the minimum of 0"),
     # model
     ("no-storage-uri", _at("a", model={}), "spec.nodes[3].model.storageUri: model.storageUri is empty; say where the model folder is"),
+    ("unknown-scheme", _at("a", model={"storageUri": "ftp://host/m"}),
+     "model.storageUri: model.storageUri has an unsupported scheme; use a relative path or file://, http://"),
+    ("preferred-over-max", _model(batching={"maxBatchSize": 4, "preferredBatchSizes": [2, 8]}),
+     "batching.preferredBatchSizes: batching.preferredBatchSizes may not exceed maxBatchSize"),
+    ("buckets-over-max", _model(batching={"maxBatchSize": 4, "shapeBuckets": {"batchSizes": [8]}}),
+     "batching.shapeBuckets.batchSizes may not exceed maxBatchSize"),
     ("two-version-policies", _model(versionPolicy={"latest": {}, "all": {}}), "versionPolicy: choose one of latest, specific, all"),
     ("misspelt-field", _model(replica=2), "model: Additional properties are not allowed ('replica' was unexpected)"),
     ("bad-quantity", _model(resources={"cpu": "lots"}), "model.resources.cpu: 'lots' does not match"),

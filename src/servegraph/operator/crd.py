@@ -30,6 +30,7 @@ from pydantic import BaseModel
 from servegraph.operator.spec import (
     API_VERSION,
     KIND,
+    Batching,
     CombinerSpec,
     ModelDeployment,
     ModelDeploymentSpec,
@@ -41,6 +42,7 @@ from servegraph.operator.spec import (
     TransformerSpec,
     VersionPolicy,
 )
+from servegraph.operator.validation import IS_OUTLIER, OUTLIER_SCORE, STORAGE_SCHEMES
 
 GROUP, VERSION = API_VERSION.split("/")
 PLURAL = "modeldeployments"
@@ -182,6 +184,13 @@ RULES: dict[type[BaseModel], tuple[Rule, ...]] = {
             ".router.default",
         ),
         Rule(
+            "!has(self.combiner) || !has(self.combiner.quorum)"
+            " || (has(self.children) && self.combiner.quorum <= size(self.children))",
+            "combiner quorum may not exceed the node's children",
+            _on_node("combiner quorum may not exceed the node's children"),
+            ".combiner.quorum",
+        ),
+        Rule(
             "!has(self.router) || !has(self.router.primary)"
             " || (has(self.children) && self.router.primary in self.children)",
             "router primary must be one of the node's children",
@@ -232,6 +241,12 @@ RULES: dict[type[BaseModel], tuple[Rule, ...]] = {
             "(has(self.input) && size(self.input) > 0) || (has(self.output) && size(self.output) > 0)",
             "a Transformer needs at least one input or output step",
         ),
+        Rule(
+            "(has(self.input) ? self.input.filter(s, s.kind == 'OutlierDetector').size() : 0)"
+            " + (has(self.output) ? self.output.filter(s, s.kind == 'OutlierDetector').size() : 0) <= 1",
+            f"a Transformer takes one OutlierDetector step at most: each adds {OUTLIER_SCORE.name}"
+            f" and {IS_OUTLIER.name}",
+        ),
     ),
     Step: (
         Rule(
@@ -271,6 +286,27 @@ RULES: dict[type[BaseModel], tuple[Rule, ...]] = {
             "has(self.storageUri) && size(self.storageUri) > 0",
             "model.storageUri is empty; say where the model folder is",
             field_path=".storageUri",
+        ),
+        Rule(
+            "!has(self.storageUri) || !self.storageUri.contains('://')"
+            f" || [{', '.join(repr(s) for s in STORAGE_SCHEMES)}].exists(s, self.storageUri.startsWith(s + '://'))",
+            "model.storageUri has an unsupported scheme; use a relative path or "
+            + ", ".join(f"{s}://" for s in STORAGE_SCHEMES),
+            field_path=".storageUri",
+        ),
+    ),
+    Batching: (
+        Rule(
+            "!has(self.maxBatchSize) || !has(self.preferredBatchSizes)"
+            " || self.preferredBatchSizes.all(b, b <= self.maxBatchSize)",
+            "batching.preferredBatchSizes may not exceed maxBatchSize",
+            field_path=".preferredBatchSizes",
+        ),
+        Rule(
+            "!has(self.maxBatchSize) || !has(self.shapeBuckets) || !has(self.shapeBuckets.batchSizes)"
+            " || self.shapeBuckets.batchSizes.all(b, b <= self.maxBatchSize)",
+            "batching.shapeBuckets.batchSizes may not exceed maxBatchSize",
+            field_path=".shapeBuckets.batchSizes",
         ),
     ),
     VersionPolicy: (

@@ -72,7 +72,9 @@ def _allowed(schema: Schema) -> str:
     if high is not None:
         parts.append(f"{'<' if schema.get('exclusiveMaximum') else '<='} {high:g}")
     for what, least, most in (("characters", "minLength", "maxLength"), ("items", "minItems", "maxItems")):
-        if least in schema and most in schema:
+        if least in schema and schema[least] == schema.get(most):
+            parts.append(f"exactly {schema[least]} {what}")
+        elif least in schema and most in schema:
             parts.append(f"{schema[least]} to {schema[most]} {what}")
         elif least in schema:
             parts.append(f"at least {schema[least]} {what}")
@@ -130,6 +132,12 @@ def _objects(path: str, schema: Schema) -> list[tuple[str, Schema]]:
 def spec_reference() -> str:
     """The Markdown page, as ``servegraph spec-reference`` writes it."""
     lines = [HEADER]
+    written: list[tuple[str, Schema]] = []
     for path, schema in _objects("spec", spec_schema()):
+        same = next((p for p, s in written if s == schema), None)
+        if same is not None and not path.startswith(same):
+            lines += [f"## {path}", "", f"The same fields as [{same}](#{_anchor(same)}).", ""]
+            continue
+        written.append((path, schema))
         lines += _section(path, schema)
     return "\n".join(lines).rstrip("\n") + "\n"

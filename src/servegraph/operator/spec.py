@@ -36,6 +36,7 @@ BANDITS = ("EpsilonGreedy", "ThompsonSampling")
 MAX_NODES = 64
 MAX_CHILDREN = 16
 MAX_STEPS = 16
+MAX_BATCH_SIZES = 32
 """Bounds on the lists the CRD's CEL rules walk: the API server prices a rule by them."""
 
 NodeName = Annotated[str, Field(min_length=1, max_length=63)]
@@ -117,7 +118,9 @@ class ShapeBuckets(_Spec):
     """Pad batches (and variable dims) to fixed sizes so a compiled engine sees static shapes."""
 
     batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(
-        default_factory=list, description="Batch sizes a batch is padded up to."
+        default_factory=list,
+        max_length=MAX_BATCH_SIZES,
+        description="Batch sizes a batch is padded up to.",
     )
     dims: list[BucketDim] = Field(default_factory=list, description="Per-input axis buckets.")
 
@@ -130,7 +133,9 @@ class Batching(_Spec):
         None, ge=0, description="Longest wait for a batch to fill."
     )
     preferred_batch_sizes: list[Annotated[int, Field(ge=1)]] | None = Field(
-        None, description="Batch sizes to aim for."
+        None,
+        max_length=MAX_BATCH_SIZES,
+        description="Batch sizes to aim for.",
     )
     max_queue_size: int | None = Field(
         None, ge=1, description="Queue bound in requests; more are rejected with 503."
@@ -381,8 +386,10 @@ class Step(_Spec):
     p_value_threshold: float | None = Field(
         None, gt=0, lt=1, description="DriftDetector: p-value below which drift is reported (default 0.05)."
     )
-    file: str | None = Field(None, description="Python: the user's .py file.")
-    class_name: str | None = Field(None, description="Python: class in the file to use.")
+    file: str | None = Field(None, description="Python: the user's .py file, relative to the manifest.")
+    class_name: str | None = Field(
+        None, description="Python: class in the file to use (default: the only one with a transform method)."
+    )
 
 
 class TransformerSpec(_Spec):
