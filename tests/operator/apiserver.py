@@ -28,11 +28,30 @@ Schema = dict[str, Any]
 
 # What apiextensions' JSONSchemaProps can hold that this project uses; anything else is flagged.
 _KNOWN_KEYS = {
-    "type", "description", "default", "enum", "required", "properties", "items",
-    "additionalProperties", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
-    "minLength", "maxLength", "pattern", "minItems", "maxItems", "format", "nullable",
-    "x-kubernetes-int-or-string", "x-kubernetes-preserve-unknown-fields",
-    "x-kubernetes-list-type", "x-kubernetes-list-map-keys", "x-kubernetes-validations",
+    "type",
+    "description",
+    "default",
+    "enum",
+    "required",
+    "properties",
+    "items",
+    "additionalProperties",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "minItems",
+    "maxItems",
+    "format",
+    "nullable",
+    "x-kubernetes-int-or-string",
+    "x-kubernetes-preserve-unknown-fields",
+    "x-kubernetes-list-type",
+    "x-kubernetes-list-map-keys",
+    "x-kubernetes-validations",
 }
 _NEVER = ("$ref", "$defs", "definitions", "oneOf", "allOf", "not", "const")
 _SHAPE = ("type", "properties", "items", "additionalProperties")
@@ -112,6 +131,11 @@ def _node_problems(path: str, schema: Schema, free_form: tuple[str, ...]) -> Ite
         yield f"unknown x-kubernetes-list-type {list_type!r}"
     if "x-kubernetes-list-map-keys" in schema and list_type != "map":
         yield "x-kubernetes-list-map-keys without x-kubernetes-list-type: map"
+    if "default" in schema:
+        # The API server refuses a CRD whose defaults its own schema would refuse.
+        bare = {k: v for k, v in schema.items() if k not in ("default", "x-kubernetes-validations")}
+        for error in jsonschema.Draft4Validator(json_schema(bare)).iter_errors(schema["default"]):
+            yield f"default {schema['default']!r} is invalid: {error.message}"
 
 
 def _rule_problems(schema: Schema, rule: dict[str, Any]) -> Iterator[str]:
@@ -139,7 +163,9 @@ def _strip_literals(expression: str) -> str:
 
 
 _CHAIN = re.compile(r"(?<![\w.])([A-Za-z_]\w*)((?:\.[A-Za-z_]\w*)+)")
-_BINDING = re.compile(r"(?<![\w.])([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)\.(?:" + "|".join(_MACROS) + r")\(\s*(\w+)\s*,")
+_BINDING = re.compile(
+    r"(?<![\w.])([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)\.(?:" + "|".join(_MACROS) + r")\(\s*(\w+)\s*,"
+)
 
 
 def _resolve(schema: Schema, parts: list[str]) -> list[Schema]:
@@ -304,7 +330,15 @@ _ENV = cel.NewEnv(
         # Kubernetes' lists library (k8s.io/apiserver/pkg/cel/library): <list<double>>.sum().
         cel.FunctionDecl(
             "sum",
-            [cel.Overload("list_double_sum", cel.Type.DOUBLE, [cel.Type.List(cel.Type.DOUBLE)], is_member=True, impl=_sum)],
+            [
+                cel.Overload(
+                    "list_double_sum",
+                    cel.Type.DOUBLE,
+                    [cel.Type.List(cel.Type.DOUBLE)],
+                    is_member=True,
+                    impl=_sum,
+                )
+            ],
         )
     ],
 )
@@ -334,7 +368,8 @@ def cel_value(value: Any, schema: Schema) -> Any:
         properties = schema.get("properties", {})
         extra = schema.get("additionalProperties")
         return {
-            k: cel_value(v, properties.get(k, extra if isinstance(extra, dict) else {})) for k, v in value.items()
+            k: cel_value(v, properties.get(k, extra if isinstance(extra, dict) else {}))
+            for k, v in value.items()
         }
     if isinstance(value, list):
         return [cel_value(v, schema.get("items", {})) for v in value]

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import pytest
 import yaml
 
@@ -74,7 +75,10 @@ def test_commands_write_the_files(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert (tmp_path / "crds" / FILE_NAME).read_text() == crd_yaml()
     assert main(["spec-reference", "--output", str(tmp_path / "docs" / "ref.md")]) == 0
     assert (tmp_path / "docs" / "ref.md").read_text() == spec_reference()
-    assert capsys.readouterr().out.split() == [str(tmp_path / "crds" / FILE_NAME), str(tmp_path / "docs" / "ref.md")]
+    assert capsys.readouterr().out.split() == [
+        str(tmp_path / "crds" / FILE_NAME),
+        str(tmp_path / "docs" / "ref.md"),
+    ]
 
 
 def test_crd_names_and_columns() -> None:
@@ -100,6 +104,18 @@ def test_crd_names_and_columns() -> None:
         "URL": ("string", ".status.url"),
         "Age": ("date", ".metadata.creationTimestamp"),
     }
+
+
+@pytest.mark.parametrize("version", ["1.31.0", "1.33.0"])
+def test_crd_is_an_apiextensions_v1_object(version: str) -> None:
+    """Field names and types of the CRD object itself (a misspelt messageExpression, say)."""
+    kubernetes_validate.validate(yaml.safe_load(CRD_FILE.read_text()), version, strict=True)
+    crd = build_crd()
+    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["x-kubernetes-validations"][
+        0
+    ]["messageExpresion"] = "x"
+    with pytest.raises(kubernetes_validate.ValidationError, match="messageExpresion"):
+        kubernetes_validate.validate(crd, version, strict=True)
 
 
 def test_spec_carries_descriptions_and_defaults() -> None:
@@ -196,38 +212,63 @@ def _drop(target: Callable[[dict[str, Any]], dict[str, Any]], key: str) -> Fault
     return lambda root: target(root).pop(key)
 
 
-_ENTRYPOINT = lambda root: _spec(root)["properties"]["entrypoint"]  # noqa: E731
-_NAME = lambda root: _nodes(root)["items"]["properties"]["name"]  # noqa: E731
+def _entrypoint(root: dict[str, Any]) -> dict[str, Any]:
+    return _spec(root)["properties"]["entrypoint"]
+
+
+def _name(root: dict[str, Any]) -> dict[str, Any]:
+    return _nodes(root)["items"]["properties"]["name"]
 
 
 @pytest.mark.parametrize(
     ("fault", "problem"),
     [
-        (_set(_ENTRYPOINT, **{"$ref": "#/$defs/Name"}), "spec.entrypoint: $ref is not allowed"),
-        (_drop(_ENTRYPOINT, "type"), "spec.entrypoint: needs a type, got None"),
+        (_set(_entrypoint, **{"$ref": "#/$defs/Name"}), "spec.entrypoint: $ref is not allowed"),
+        (_drop(_entrypoint, "type"), "spec.entrypoint: needs a type, got None"),
         (_drop(_nodes, "items"), "spec.nodes: an array needs items"),
-        (_set(_spec, additionalProperties={"type": "string"}), "spec: properties and additionalProperties exclude"),
-        (_set(_spec, additionalProperties=False), "additionalProperties must be a schema, not a boolean"),
-        (_set(_ENTRYPOINT, anyOf=[{"type": "string"}, {"type": "null"}]), "spec.entrypoint: anyOf may not carry types"),
-        (_set(_ENTRYPOINT, oneOf=[{"maxLength": 3}]), "spec.entrypoint: oneOf is not allowed"),
-        (_set(_ENTRYPOINT, const="x"), "spec.entrypoint: const is not allowed"),
-        (_set(_spec, **{"x-kubernetes-preserve-unknown-fields": True}), "spec: x-kubernetes-preserve-unknown-fields outside"),
-        (lambda root: _nodes(root)["items"]["required"].remove("name"), "list-map key 'name' must be required"),
-        (_set(_nodes, **{"x-kubernetes-list-map-keys": ["id"]}), "list-map key 'id' is not a field"),
-        (_drop(_nodes, "maxItems"), "spec: rule 'self.nodes.exists(n, n.name == self.entrypoint)': walks self.nodes"),
-        (_drop(_nodes, "maxItems"), "spec.nodes[]: holds CEL rules under a list without maxItems"),
-        (_drop(_NAME, "maxLength"), "reads self.nodes[].name, a string without maxLength"),
-        (_drop(_ENTRYPOINT, "maxLength"), "reads self.entrypoint, a string without maxLength"),
         (
-            lambda root: _spec(root)["x-kubernetes-validations"].append({"rule": "self.entrypont == ''", "message": "m"}),
+            _set(_spec, additionalProperties={"type": "string"}),
+            "spec: properties and additionalProperties exclude",
+        ),
+        (_set(_spec, additionalProperties=False), "additionalProperties must be a schema, not a boolean"),
+        (
+            _set(_entrypoint, anyOf=[{"type": "string"}, {"type": "null"}]),
+            "spec.entrypoint: anyOf may not carry types",
+        ),
+        (_set(_entrypoint, oneOf=[{"maxLength": 3}]), "spec.entrypoint: oneOf is not allowed"),
+        (_set(_entrypoint, const="x"), "spec.entrypoint: const is not allowed"),
+        (
+            _set(_spec, **{"x-kubernetes-preserve-unknown-fields": True}),
+            "spec: x-kubernetes-preserve-unknown-fields outside",
+        ),
+        (
+            lambda root: _nodes(root)["items"]["required"].remove("name"),
+            "list-map key 'name' must be required",
+        ),
+        (_set(_nodes, **{"x-kubernetes-list-map-keys": ["id"]}), "list-map key 'id' is not a field"),
+        (
+            _drop(_nodes, "maxItems"),
+            "spec: rule 'self.nodes.exists(n, n.name == self.entrypoint)': walks self.nodes",
+        ),
+        (_drop(_nodes, "maxItems"), "spec.nodes[]: holds CEL rules under a list without maxItems"),
+        (_drop(_name, "maxLength"), "reads self.nodes[].name, a string without maxLength"),
+        (_drop(_entrypoint, "maxLength"), "reads self.entrypoint, a string without maxLength"),
+        (
+            lambda root: _spec(root)["x-kubernetes-validations"].append(
+                {"rule": "self.entrypont == ''", "message": "m"}
+            ),
             "names a field that is not there: 'entrypont'",
         ),
         (
             lambda root: _spec(root)["x-kubernetes-validations"][0].update(fieldPath=".entry"),
             "fieldPath '.entry' does not resolve",
         ),
-        (lambda root: root["properties"].update(metadata={"type": "object", "properties": {}}), "metadata: must be just"),
-        (_set(_ENTRYPOINT, exclusiveMinimum=0), "exclusiveMinimum must be a boolean"),
+        (
+            lambda root: root["properties"].update(metadata={"type": "object", "properties": {}}),
+            "metadata: must be just",
+        ),
+        (_set(_entrypoint, exclusiveMinimum=0), "exclusiveMinimum must be a boolean"),
+        (_set(_entrypoint, default="x" * 64), "spec.entrypoint: default 'xxx"),
     ],
 )
 def test_checker_catches(fault: Fault, problem: str) -> None:
@@ -269,8 +310,14 @@ def test_status_the_operator_writes_is_admitted() -> None:
         "url": "http://graph.default.svc:8000",
         "nodesReady": "5/6",
         "conditions": [
-            {"type": "Ready", "status": "False", "reason": "NodesNotReady", "message": "ens: 1/2",
-             "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 2},
+            {
+                "type": "Ready",
+                "status": "False",
+                "reason": "NodesNotReady",
+                "message": "ens: 1/2",
+                "lastTransitionTime": "2026-01-01T00:00:00Z",
+                "observedGeneration": 2,
+            },
         ],
         "nodes": [{"name": "a", "type": "Model", "desiredReplicas": 1, "readyReplicas": 1}],
         "kopf": {"progress": {"create": {"started": "2026-01-01T00:00:00Z"}}},
@@ -286,7 +333,10 @@ def test_status_the_operator_writes_is_admitted() -> None:
 
 def test_numbers_reach_cel_as_doubles() -> None:
     manifest = copy.deepcopy(GRAPH)
-    node(manifest, "split")["router"]["weights"] = [{"child": "a", "weight": 33.3}, {"child": "ens", "weight": 66.7}]
+    node(manifest, "split")["router"]["weights"] = [
+        {"child": "a", "weight": 33.3},
+        {"child": "ens", "weight": 66.7},
+    ]
     assert admit(manifest, _root()) == []
 
 
@@ -313,96 +363,294 @@ _W = [{"child": "a", "weight": 50}, {"child": "ens", "weight": 50}]
 
 BAD: list[tuple[str, Callable[[dict[str, Any]], Any], str]] = [
     # spec
-    ("entrypoint-missing", lambda d: d["spec"].update(entrypoint="nope"), "spec.entrypoint: spec.entrypoint 'nope' is not a node"),
-    ("unknown-child", _at("ens", children=["b", "zz"]), "spec.nodes: every child must name a node of spec.nodes"),
-    ("duplicate-node", lambda d: d["spec"]["nodes"].append({"name": "a", "type": "Model", "model": {"storageUri": "x"}}),
-     "spec.nodes[6]: Duplicate value: {'name': 'a'}"),
+    (
+        "entrypoint-missing",
+        lambda d: d["spec"].update(entrypoint="nope"),
+        "spec.entrypoint: spec.entrypoint 'nope' is not a node",
+    ),
+    (
+        "unknown-child",
+        _at("ens", children=["b", "zz"]),
+        "spec.nodes: every child must name a node of spec.nodes",
+    ),
+    (
+        "duplicate-node",
+        lambda d: d["spec"]["nodes"].append({"name": "a", "type": "Model", "model": {"storageUri": "x"}}),
+        "spec.nodes[6]: Duplicate value: {'name': 'a'}",
+    ),
     # node
-    ("model-with-router", _at("a", router={"strategy": "Weighted"}),
-     "spec.nodes[3]: node 'a': a Model node takes a model block and no router, combiner or transformer block"),
-    ("router-without-block", lambda d: node(d, "split").pop("router"),
-     "node 'split': a Router node takes a router block and no model, combiner or transformer block"),
-    ("combiner-with-model", _at("ens", model={"storageUri": "x"}),
-     "node 'ens': a Combiner node takes a combiner block and no model, router or transformer block"),
-    ("transformer-without-block", lambda d: node(d, "pre").pop("transformer"),
-     "node 'pre': a Transformer node takes a transformer block and no model, router or combiner block"),
-    ("model-with-children", _at("a", children=["b"]), "spec.nodes[3].children: node 'a': a Model has no children"),
+    (
+        "model-with-router",
+        _at("a", router={"strategy": "Weighted"}),
+        "spec.nodes[3]: node 'a': a Model node takes a model block and no router, combiner or transformer block",
+    ),
+    (
+        "router-without-block",
+        lambda d: node(d, "split").pop("router"),
+        "node 'split': a Router node takes a router block and no model, combiner or transformer block",
+    ),
+    (
+        "combiner-with-model",
+        _at("ens", model={"storageUri": "x"}),
+        "node 'ens': a Combiner node takes a combiner block and no model, router or transformer block",
+    ),
+    (
+        "transformer-without-block",
+        lambda d: node(d, "pre").pop("transformer"),
+        "node 'pre': a Transformer node takes a transformer block and no model, router or combiner block",
+    ),
+    (
+        "model-with-children",
+        _at("a", children=["b"]),
+        "spec.nodes[3].children: node 'a': a Model has no children",
+    ),
     ("router-one-child", _at("split", children=["a"]), "node 'split': a Router needs at least 2 children"),
-    ("combiner-one-child", _at("ens", children=["b"]), "spec.nodes[2].children: node 'ens': a Combiner needs at least 2 children"),
-    ("transformer-two-children", _at("pre", children=["split", "a"]), "node 'pre': a Transformer needs exactly 1 child"),
-    ("own-child", _at("ens", children=["b", "c", "ens"]), "spec.nodes[2].children: node 'ens': lists itself as a child"),
+    (
+        "combiner-one-child",
+        _at("ens", children=["b"]),
+        "spec.nodes[2].children: node 'ens': a Combiner needs at least 2 children",
+    ),
+    (
+        "transformer-two-children",
+        _at("pre", children=["split", "a"]),
+        "node 'pre': a Transformer needs exactly 1 child",
+    ),
+    (
+        "own-child",
+        _at("ens", children=["b", "c", "ens"]),
+        "spec.nodes[2].children: node 'ens': lists itself as a child",
+    ),
     ("child-twice", _at("ens", children=["b", "c", "b"]), "spec.nodes[2].children[2]: Duplicate value: 'b'"),
-    ("model-timeout", _at("a", timeoutMs=5), "spec.nodes[3].timeoutMs: timeoutMs applies to Router, Combiner and Transformer"),
-    ("router-weight-not-child", _router(strategy="Weighted", weights=[*_W, {"child": "b", "weight": 0}]),
-     "node 'split': router weights name only the node's children"),
-    ("router-weight-missing", _router(strategy="Weighted", weights=[{"child": "a", "weight": 100}]),
-     "node 'split': router weights give every child a weight (0 is allowed)"),
-    ("router-weight-twice", _router(strategy="Weighted", weights=[*_W, {"child": "a", "weight": 0}]),
-     "router.weights[2]: Duplicate value: {'child': 'a'}"),
-    ("combiner-weight-not-child",
-     _at("ens", combiner={"method": "WeightedMean", "weights": [{"child": "b", "weight": 1}, {"child": "c", "weight": 1}, {"child": "a", "weight": 1}]}),
-     "node 'ens': combiner weights name only the node's children"),
-    ("combiner-weight-missing", _at("ens", combiner={"method": "WeightedMean", "weights": [{"child": "b", "weight": 1}]}),
-     "node 'ens': combiner weights give every child a weight (0 is allowed)"),
-    ("route-not-child", _router(strategy="Header", header="x", routes=[{"value": "v", "child": "b"}]),
-     "node 'split': router routes name only the node's children"),
-    ("default-not-child", _router(strategy="Header", header="x", default="b"),
-     "node 'split': router default must be one of the node's children"),
-    ("primary-not-child", _router(strategy="Shadow", primary="b"), "node 'split': router primary must be one of the node's children"),
+    (
+        "model-timeout",
+        _at("a", timeoutMs=5),
+        "spec.nodes[3].timeoutMs: timeoutMs applies to Router, Combiner and Transformer",
+    ),
+    (
+        "router-weight-not-child",
+        _router(strategy="Weighted", weights=[*_W, {"child": "b", "weight": 0}]),
+        "node 'split': router weights name only the node's children",
+    ),
+    (
+        "router-weight-missing",
+        _router(strategy="Weighted", weights=[{"child": "a", "weight": 100}]),
+        "node 'split': router weights give every child a weight (0 is allowed)",
+    ),
+    (
+        "router-weight-twice",
+        _router(strategy="Weighted", weights=[*_W, {"child": "a", "weight": 0}]),
+        "router.weights[2]: Duplicate value: {'child': 'a'}",
+    ),
+    (
+        "combiner-weight-not-child",
+        _at(
+            "ens",
+            combiner={
+                "method": "WeightedMean",
+                "weights": [
+                    {"child": "b", "weight": 1},
+                    {"child": "c", "weight": 1},
+                    {"child": "a", "weight": 1},
+                ],
+            },
+        ),
+        "node 'ens': combiner weights name only the node's children",
+    ),
+    (
+        "combiner-weight-missing",
+        _at("ens", combiner={"method": "WeightedMean", "weights": [{"child": "b", "weight": 1}]}),
+        "node 'ens': combiner weights give every child a weight (0 is allowed)",
+    ),
+    (
+        "route-not-child",
+        _router(strategy="Header", header="x", routes=[{"value": "v", "child": "b"}]),
+        "node 'split': router routes name only the node's children",
+    ),
+    (
+        "default-not-child",
+        _router(strategy="Header", header="x", default="b"),
+        "node 'split': router default must be one of the node's children",
+    ),
+    (
+        "primary-not-child",
+        _router(strategy="Shadow", primary="b"),
+        "node 'split': router primary must be one of the node's children",
+    ),
     # router
-    ("weights-sum-90", _router(strategy="Weighted", weights=[{"child": "a", "weight": 50}, {"child": "ens", "weight": 40}]),
-     "spec.nodes[1].router.weights: router weights must sum to 100 (percent of traffic)"),
-    ("weights-on-header", _router(strategy="Header", header="x", default="a", weights=_W), "router.weights: weights applies to Weighted routers"),
-    ("header-on-weighted", _router(strategy="Weighted", header="x"), "router.header: header applies to Header routers"),
-    ("routes-on-weighted", _router(strategy="Weighted", routes=[{"value": "v", "child": "a"}]), "routes applies to Header routers"),
+    (
+        "weights-sum-90",
+        _router(strategy="Weighted", weights=[{"child": "a", "weight": 50}, {"child": "ens", "weight": 40}]),
+        "spec.nodes[1].router.weights: router weights must sum to 100 (percent of traffic)",
+    ),
+    (
+        "weights-on-header",
+        _router(strategy="Header", header="x", default="a", weights=_W),
+        "router.weights: weights applies to Weighted routers",
+    ),
+    (
+        "header-on-weighted",
+        _router(strategy="Weighted", header="x"),
+        "router.header: header applies to Header routers",
+    ),
+    (
+        "routes-on-weighted",
+        _router(strategy="Weighted", routes=[{"value": "v", "child": "a"}]),
+        "routes applies to Header routers",
+    ),
     ("default-on-weighted", _router(strategy="Weighted", default="a"), "default applies to Header routers"),
-    ("epsilon-on-weighted", _router(strategy="Weighted", epsilon=0.1), "epsilon applies to EpsilonGreedy routers"),
+    (
+        "epsilon-on-weighted",
+        _router(strategy="Weighted", epsilon=0.1),
+        "epsilon applies to EpsilonGreedy routers",
+    ),
     ("primary-on-weighted", _router(strategy="Weighted", primary="a"), "primary applies to Shadow routers"),
-    ("shadow-percent-on-weighted", _router(strategy="Weighted", shadowPercent=5), "shadowPercent applies to Shadow routers"),
-    ("header-without-header", _router(strategy="Header", default="a"), "a Header router needs header, the header or parameter"),
-    ("header-without-routes", _router(strategy="Header", header="x"), "a Header router needs routes (value -> child) or a default"),
+    (
+        "shadow-percent-on-weighted",
+        _router(strategy="Weighted", shadowPercent=5),
+        "shadowPercent applies to Shadow routers",
+    ),
+    (
+        "header-without-header",
+        _router(strategy="Header", default="a"),
+        "a Header router needs header, the header or parameter",
+    ),
+    (
+        "header-without-routes",
+        _router(strategy="Header", header="x"),
+        "a Header router needs routes (value -> child) or a default",
+    ),
     ("unknown-strategy", _router(strategy="Random"), "router.strategy: 'Random' is not one of"),
     # combiner
-    ("weighted-mean-without-weights", _at("ens", combiner={"method": "WeightedMean"}), "WeightedMean needs weights, one per child"),
-    ("weighted-mean-zero", _at("ens", combiner={"method": "WeightedMean", "weights": [{"child": "b", "weight": 0}, {"child": "c", "weight": 0}]}),
-     "combiner weights: at least one must be positive"),
-    ("weights-on-mean", _at("ens", combiner={"method": "Mean", "weights": [{"child": "b", "weight": 1}, {"child": "c", "weight": 1}]}),
-     "combiner.weights: weights applies to WeightedMean"),
-    ("concat-axis-on-mean", _at("ens", combiner={"method": "Mean", "concatAxis": 1}), "concatAxis applies to Concat"),
-    ("quorum-without-skip", _at("ens", combiner={"method": "Mean", "quorum": 1}), "quorum applies to onChildFailure: Skip"),
-    ("quorum-over-children", _at("ens", combiner={"method": "Mean", "onChildFailure": "Skip", "quorum": 3}),
-     "spec.nodes[2].combiner.quorum: node 'ens': combiner quorum may not exceed the node's children"),
+    (
+        "weighted-mean-without-weights",
+        _at("ens", combiner={"method": "WeightedMean"}),
+        "WeightedMean needs weights, one per child",
+    ),
+    (
+        "weighted-mean-zero",
+        _at(
+            "ens",
+            combiner={
+                "method": "WeightedMean",
+                "weights": [{"child": "b", "weight": 0}, {"child": "c", "weight": 0}],
+            },
+        ),
+        "combiner weights: at least one must be positive",
+    ),
+    (
+        "weights-on-mean",
+        _at(
+            "ens",
+            combiner={
+                "method": "Mean",
+                "weights": [{"child": "b", "weight": 1}, {"child": "c", "weight": 1}],
+            },
+        ),
+        "combiner.weights: weights applies to WeightedMean",
+    ),
+    (
+        "concat-axis-on-mean",
+        _at("ens", combiner={"method": "Mean", "concatAxis": 1}),
+        "concatAxis applies to Concat",
+    ),
+    (
+        "quorum-without-skip",
+        _at("ens", combiner={"method": "Mean", "quorum": 1}),
+        "quorum applies to onChildFailure: Skip",
+    ),
+    (
+        "quorum-over-children",
+        _at("ens", combiner={"method": "Mean", "onChildFailure": "Skip", "quorum": 3}),
+        "spec.nodes[2].combiner.quorum: node 'ens': combiner quorum may not exceed the node's children",
+    ),
     # transformer and steps
-    ("no-steps", _at("pre", transformer={"input": []}), "a Transformer needs at least one input or output step"),
-    ("scaler-without-mean", _steps({"kind": "StandardScaler", "scale": [1.0]}), "a StandardScaler needs mean and scale, or paramsFile"),
-    ("minmax-without-max", _steps({"kind": "MinMaxScaler", "min": [0.0]}), "a MinMaxScaler needs min and max, or paramsFile"),
-    ("mean-scale-lengths", _steps({"kind": "StandardScaler", "mean": [0.5], "scale": [1, 2]}), "mean and scale need one value per feature each"),
-    ("min-max-lengths", _steps({"kind": "MinMaxScaler", "min": [0], "max": [1, 2]}), "min and max need one value per feature each"),
-    ("mahalanobis-without-reference", _steps({"kind": "OutlierDetector", "method": "mahalanobis", "mean": [0], "scale": [1]}),
-     "an OutlierDetector needs referenceFile (mahalanobis always), or inline mean and scale"),
+    (
+        "no-steps",
+        _at("pre", transformer={"input": []}),
+        "a Transformer needs at least one input or output step",
+    ),
+    (
+        "scaler-without-mean",
+        _steps({"kind": "StandardScaler", "scale": [1.0]}),
+        "a StandardScaler needs mean and scale, or paramsFile",
+    ),
+    (
+        "minmax-without-max",
+        _steps({"kind": "MinMaxScaler", "min": [0.0]}),
+        "a MinMaxScaler needs min and max, or paramsFile",
+    ),
+    (
+        "mean-scale-lengths",
+        _steps({"kind": "StandardScaler", "mean": [0.5], "scale": [1, 2]}),
+        "mean and scale need one value per feature each",
+    ),
+    (
+        "min-max-lengths",
+        _steps({"kind": "MinMaxScaler", "min": [0], "max": [1, 2]}),
+        "min and max need one value per feature each",
+    ),
+    (
+        "mahalanobis-without-reference",
+        _steps({"kind": "OutlierDetector", "method": "mahalanobis", "mean": [0], "scale": [1]}),
+        "an OutlierDetector needs referenceFile (mahalanobis always), or inline mean and scale",
+    ),
     ("drift-without-reference", _steps({"kind": "DriftDetector"}), "a DriftDetector needs referenceFile"),
     ("python-without-file", _steps({"kind": "Python"}), "a Python step needs file"),
-    ("two-outlier-detectors",
-     lambda d: node(d, "pre")["transformer"].update(output=[{"kind": "OutlierDetector", "referenceFile": "r.csv"}] * 2),
-     "a Transformer takes one OutlierDetector step at most: each adds OUTLIER_SCORE and IS_OUTLIER"),
-    ("feature-range-reversed", _steps({"kind": "MinMaxScaler", "min": [0], "max": [1], "featureRange": [1, 0]}),
-     "transformer.input[0].featureRange: featureRange must be [low, high] with low < high"),
-    ("threshold-zero", _steps({"kind": "OutlierDetector", "referenceFile": "r.csv", "threshold": 0}),
-     "threshold: 0 is less than or equal to the minimum of 0"),
+    (
+        "two-outlier-detectors",
+        lambda d: node(d, "pre")["transformer"].update(
+            output=[{"kind": "OutlierDetector", "referenceFile": "r.csv"}] * 2
+        ),
+        "a Transformer takes one OutlierDetector step at most: each adds OUTLIER_SCORE and IS_OUTLIER",
+    ),
+    (
+        "feature-range-reversed",
+        _steps({"kind": "MinMaxScaler", "min": [0], "max": [1], "featureRange": [1, 0]}),
+        "transformer.input[0].featureRange: featureRange must be [low, high] with low < high",
+    ),
+    (
+        "threshold-zero",
+        _steps({"kind": "OutlierDetector", "referenceFile": "r.csv", "threshold": 0}),
+        "threshold: 0 is less than or equal to the minimum of 0",
+    ),
     # model
-    ("no-storage-uri", _at("a", model={}), "spec.nodes[3].model.storageUri: model.storageUri is empty; say where the model folder is"),
-    ("unknown-scheme", _at("a", model={"storageUri": "ftp://host/m"}),
-     "model.storageUri: model.storageUri has an unsupported scheme; use a relative path or file://, http://"),
-    ("preferred-over-max", _model(batching={"maxBatchSize": 4, "preferredBatchSizes": [2, 8]}),
-     "batching.preferredBatchSizes: batching.preferredBatchSizes may not exceed maxBatchSize"),
-    ("buckets-over-max", _model(batching={"maxBatchSize": 4, "shapeBuckets": {"batchSizes": [8]}}),
-     "batching.shapeBuckets.batchSizes may not exceed maxBatchSize"),
-    ("two-version-policies", _model(versionPolicy={"latest": {}, "all": {}}), "versionPolicy: choose one of latest, specific, all"),
-    ("misspelt-field", _model(replica=2), "model: Additional properties are not allowed ('replica' was unexpected)"),
+    (
+        "no-storage-uri",
+        _at("a", model={}),
+        "spec.nodes[3].model.storageUri: model.storageUri is empty; say where the model folder is",
+    ),
+    (
+        "unknown-scheme",
+        _at("a", model={"storageUri": "ftp://host/m"}),
+        "model.storageUri: model.storageUri has an unsupported scheme; use a relative path or file://, http://",
+    ),
+    (
+        "preferred-over-max",
+        _model(batching={"maxBatchSize": 4, "preferredBatchSizes": [2, 8]}),
+        "batching.preferredBatchSizes: batching.preferredBatchSizes may not exceed maxBatchSize",
+    ),
+    (
+        "buckets-over-max",
+        _model(batching={"maxBatchSize": 4, "shapeBuckets": {"batchSizes": [8]}}),
+        "batching.shapeBuckets.batchSizes may not exceed maxBatchSize",
+    ),
+    (
+        "two-version-policies",
+        _model(versionPolicy={"latest": {}, "all": {}}),
+        "versionPolicy: choose one of latest, specific, all",
+    ),
+    (
+        "misspelt-field",
+        _model(replica=2),
+        "model: Additional properties are not allowed ('replica' was unexpected)",
+    ),
     ("bad-quantity", _model(resources={"cpu": "lots"}), "model.resources.cpu: 'lots' does not match"),
     ("bad-type", _at("a", type="Modle"), "spec.nodes[3].type: 'Modle' is not one of"),
-    ("bad-name", lambda d: d["spec"]["nodes"].append({"name": "Big", "type": "Model", "model": {"storageUri": "x"}}),
-     "spec.nodes[6].name: 'Big' does not match"),
+    (
+        "bad-name",
+        lambda d: d["spec"]["nodes"].append({"name": "Big", "type": "Model", "model": {"storageUri": "x"}}),
+        "spec.nodes[6].name: 'Big' does not match",
+    ),
 ]
 
 
@@ -431,4 +679,6 @@ def test_int_or_string_quantities() -> None:
     node(manifest, "a")["model"]["resources"] = {"cpu": 2, "memory": "512Mi"}
     assert admit(manifest, _root()) == []
     node(manifest, "a")["model"]["resources"] = {"cpu": 0.5}
-    assert admit(manifest, _root()) == ["spec.nodes[3].model.resources.cpu: 0.5 is not valid under any of the given schemas"]
+    assert admit(manifest, _root()) == [
+        "spec.nodes[3].model.resources.cpu: 0.5 is not valid under any of the given schemas"
+    ]

@@ -77,7 +77,7 @@ class Rule:
 
 def _on_node(message: str) -> str:
     """A messageExpression that prefixes ``message`` with the node's name, as validation.py does."""
-    return f"\"node '\" + self.name + \"': {message}\""
+    return f'"node \'" + self.name + "\': {message}"'
 
 
 def _block(kind: str) -> Rule:
@@ -125,19 +125,18 @@ def _applies_to(field: str, test: str, what: str) -> Rule:
     return Rule(f"!has(self.{field}) || {test}", f"{field} applies to {what}", field_path=f".{field}")
 
 
-_SUM_IS_100 = "self.weights.map(w, w.weight).sum()"
+_WEIGHT_SUM = "self.weights.map(w, w.weight).sum()"
 
 RULES: dict[type[BaseModel], tuple[Rule, ...]] = {
     ModelDeploymentSpec: (
         Rule(
             "self.nodes.exists(n, n.name == self.entrypoint)",
             "spec.entrypoint must name a node of spec.nodes",
-            "\"spec.entrypoint '\" + self.entrypoint + \"' is not a node\"",
+            '"spec.entrypoint \'" + self.entrypoint + "\' is not a node"',
             ".entrypoint",
         ),
         Rule(
-            "self.nodes.all(n, !has(n.children)"
-            " || n.children.all(c, self.nodes.exists(m, m.name == c)))",
+            "self.nodes.all(n, !has(n.children) || n.children.all(c, self.nodes.exists(m, m.name == c)))",
             "every child must name a node of spec.nodes",
             field_path=".nodes",
         ),
@@ -201,7 +200,7 @@ RULES: dict[type[BaseModel], tuple[Rule, ...]] = {
     RouterSpec: (
         Rule(
             f"self.strategy != 'Weighted' || !has(self.weights) || size(self.weights) == 0"
-            f" || ({_SUM_IS_100} > 99.999999 && {_SUM_IS_100} < 100.000001)",
+            f" || ({_WEIGHT_SUM} > 99.999999 && {_WEIGHT_SUM} < 100.000001)",
             "router weights must sum to 100 (percent of traffic)",
             field_path=".weights",
         ),
@@ -227,14 +226,15 @@ RULES: dict[type[BaseModel], tuple[Rule, ...]] = {
             "WeightedMean needs weights, one per child",
         ),
         Rule(
-            "!has(self.weights) || self.method != 'WeightedMean'"
-            " || self.weights.exists(w, w.weight > 0.0)",
+            "!has(self.weights) || self.method != 'WeightedMean' || self.weights.exists(w, w.weight > 0.0)",
             "combiner weights: at least one must be positive",
             field_path=".weights",
         ),
         _applies_to("weights", "self.method == 'WeightedMean'", "WeightedMean"),
         _applies_to("concatAxis", "self.method == 'Concat'", "Concat"),
-        _applies_to("quorum", "has(self.onChildFailure) && self.onChildFailure == 'Skip'", "onChildFailure: Skip"),
+        _applies_to(
+            "quorum", "has(self.onChildFailure) && self.onChildFailure == 'Skip'", "onChildFailure: Skip"
+        ),
     ),
     TransformerSpec: (
         Rule(
@@ -274,7 +274,10 @@ RULES: dict[type[BaseModel], tuple[Rule, ...]] = {
             "self.kind != 'DriftDetector' || has(self.referenceFile)",
             "a DriftDetector needs referenceFile, the reference data to compare against",
         ),
-        Rule("self.kind != 'Python' || has(self.file)", "a Python step needs file, the .py file with the user's class"),
+        Rule(
+            "self.kind != 'Python' || has(self.file)",
+            "a Python step needs file, the .py file with the user's class",
+        ),
         Rule(
             "!has(self.featureRange) || self.featureRange[0] < self.featureRange[1]",
             "featureRange must be [low, high] with low < high",
@@ -340,8 +343,16 @@ _LIST_TYPES_BY_NAME = {(model.__name__, field): extra for (model, field), extra 
 
 # Keys of the pydantic schema copied as they are; anything else is refused.
 _PLAIN_KEYS = {
-    "type", "enum", "minimum", "maximum", "minLength", "maxLength", "pattern",
-    "minItems", "maxItems", "x-kubernetes-int-or-string",
+    "type",
+    "enum",
+    "minimum",
+    "maximum",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "minItems",
+    "maxItems",
+    "x-kubernetes-int-or-string",
 }
 
 
@@ -440,10 +451,26 @@ def _condition() -> Schema:
         "required": ["type", "status", "lastTransitionTime", "reason", "message"],
         "properties": {
             "type": {"type": "string", "maxLength": 316, "description": "Condition type, e.g. Ready."},
-            "status": {"type": "string", "enum": ["True", "False", "Unknown"], "description": "True, False or Unknown."},
-            "observedGeneration": {"type": "integer", "minimum": 0, "description": "The spec's generation this condition is about."},
-            "lastTransitionTime": {"type": "string", "format": "date-time", "description": "When status last changed."},
-            "reason": {"type": "string", "maxLength": 1024, "description": "CamelCase reason for the status."},
+            "status": {
+                "type": "string",
+                "enum": ["True", "False", "Unknown"],
+                "description": "True, False or Unknown.",
+            },
+            "observedGeneration": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "The spec's generation this condition is about.",
+            },
+            "lastTransitionTime": {
+                "type": "string",
+                "format": "date-time",
+                "description": "When status last changed.",
+            },
+            "reason": {
+                "type": "string",
+                "maxLength": 1024,
+                "description": "CamelCase reason for the status.",
+            },
             "message": {"type": "string", "maxLength": 32768, "description": "What a person should know."},
         },
     }
@@ -458,7 +485,11 @@ def _node_status() -> Schema:
             "name": {"type": "string", "maxLength": 63, "description": "The node's name."},
             "type": {"type": "string", "description": "Model, Router, Combiner or Transformer."},
             "desiredReplicas": {"type": "integer", "minimum": 0, "description": "Pods asked for."},
-            "updatedReplicas": {"type": "integer", "minimum": 0, "description": "Pods running the current spec."},
+            "updatedReplicas": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Pods running the current spec.",
+            },
             "readyReplicas": {"type": "integer", "minimum": 0, "description": "Pods ready to serve."},
             "endpoint": {"type": "string", "description": "The node's in-cluster address (host:port)."},
             "reason": {"type": "string", "description": "CamelCase reason when the node is not ready."},
@@ -473,8 +504,15 @@ def status_schema() -> Schema:
         "type": "object",
         "description": "What the operator observed; written by the operator only.",
         "properties": {
-            "observedGeneration": {"type": "integer", "minimum": 0, "description": "The spec's generation last acted on."},
-            "url": {"type": "string", "description": "Where to send inference requests (the entrypoint's Service)."},
+            "observedGeneration": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "The spec's generation last acted on.",
+            },
+            "url": {
+                "type": "string",
+                "description": "Where to send inference requests (the entrypoint's Service).",
+            },
             "nodesReady": {"type": "string", "description": "Nodes ready out of all, e.g. 3/4."},
             "conditions": {
                 "type": "array",
@@ -501,7 +539,12 @@ def status_schema() -> Schema:
 
 PRINTER_COLUMNS = (
     {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
-    {"name": "Nodes", "type": "string", "jsonPath": ".status.nodesReady", "description": "Nodes ready / all."},
+    {
+        "name": "Nodes",
+        "type": "string",
+        "jsonPath": ".status.nodesReady",
+        "description": "Nodes ready / all.",
+    },
     {"name": "URL", "type": "string", "jsonPath": ".status.url"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 )

@@ -49,7 +49,7 @@ def _type(schema: Schema, path: str) -> str:
             return f"list of [object](#{_anchor(path + '[]')})"
         return f"list of {_type(items, path + '[]')}"
     if kind == "object":
-        if "properties" in schema and schema["properties"]:
+        if schema.get("properties"):
             return f"[object](#{_anchor(path)})"
         if "additionalProperties" in schema:
             return f"map of string to {_type(schema['additionalProperties'], path)}"
