@@ -81,7 +81,8 @@ def test_the_operator_imports_no_data_plane_library() -> None:
     """What an operator image needs: spec, validation and rendering without numpy or grpc."""
     pure = (
         "import servegraph.operator.spec, servegraph.operator.validation, servegraph.operator.manifest\n"
-        "import servegraph.operator.render, servegraph.operator.children, servegraph.operator.status"
+        "import servegraph.operator.render, servegraph.operator.children, servegraph.operator.status\n"
+        "import servegraph.operator.crd, servegraph.operator.reference"
     )
     assert _loaded_after(pure, DATA_PLANE_LIBRARIES) == []
     # kopf brings aiohttp (its own HTTP client); the rest of the data plane stays out.

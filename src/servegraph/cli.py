@@ -6,6 +6,8 @@
     servegraph fetch URI DEST                   fetch a storageUri into a model folder
                                                 (the model puller a pod's init container runs)
     servegraph operator                         the Kubernetes operator (pip install servegraph[operator])
+    servegraph crd [--output DIR]               write the ModelDeployment CRD (default ./crds)
+    servegraph spec-reference [--output FILE]   write the spec reference (docs/spec-reference.md)
 """
 
 from __future__ import annotations
@@ -84,6 +86,26 @@ def _needs_operator_extra() -> int:
     return 2
 
 
+def _crd(args: argparse.Namespace) -> int:
+    from servegraph.operator.crd import FILE_NAME, crd_yaml
+
+    path = Path(args.output) / FILE_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(crd_yaml())
+    print(path)
+    return 0
+
+
+def _spec_reference(args: argparse.Namespace) -> int:
+    from servegraph.operator.reference import spec_reference
+
+    path = Path(args.output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(spec_reference())
+    print(path)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="servegraph", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     subparsers = parser.add_subparsers(dest="command", required=True)
@@ -106,6 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     fetch.add_argument("--repository", default="/models", help="with --overrides: the repository to write")
     fetch.set_defaults(func=_fetch)
     _add_operator(subparsers)
+    crd = subparsers.add_parser("crd", help="write the ModelDeployment CustomResourceDefinition")
+    crd.add_argument("--output", default="crds", help="folder to write servegraph.io_modeldeployments.yaml into")
+    crd.set_defaults(func=_crd)
+    reference = subparsers.add_parser("spec-reference", help="write the spec reference (Markdown)")
+    reference.add_argument("--output", default="docs/spec-reference.md", help="the Markdown file to write")
+    reference.set_defaults(func=_spec_reference)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -33,6 +33,15 @@ Datatype = Literal[
 
 BANDITS = ("EpsilonGreedy", "ThompsonSampling")
 
+MAX_NODES = 64
+MAX_CHILDREN = 16
+MAX_STEPS = 16
+MAX_BATCH_SIZES = 32
+"""Bounds on the lists the CRD's CEL rules walk: the API server prices a rule by them."""
+
+NodeName = Annotated[str, Field(min_length=1, max_length=63)]
+"""A reference to a node by name (a child, a weight's or route's target)."""
+
 QUANTITY = r"^[+]?[0-9]+(\.[0-9]+)?([eE][0-9]+|[mkMGTPE]|[KMGTPE]i)?$"
 """A Kubernetes resource quantity: 500m, 2, 1.5, 1Gi, 512M."""
 
@@ -109,7 +118,9 @@ class ShapeBuckets(_Spec):
     """Pad batches (and variable dims) to fixed sizes so a compiled engine sees static shapes."""
 
     batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(
-        default_factory=list, description="Batch sizes a batch is padded up to."
+        default_factory=list,
+        max_length=MAX_BATCH_SIZES,
+        description="Batch sizes a batch is padded up to.",
     )
     dims: list[BucketDim] = Field(default_factory=list, description="Per-input axis buckets.")
 
@@ -122,7 +133,9 @@ class Batching(_Spec):
         None, ge=0, description="Longest wait for a batch to fill."
     )
     preferred_batch_sizes: list[Annotated[int, Field(ge=1)]] | None = Field(
-        None, description="Batch sizes to aim for."
+        None,
+        max_length=MAX_BATCH_SIZES,
+        description="Batch sizes to aim for.",
     )
     max_queue_size: int | None = Field(
         None, ge=1, description="Queue bound in requests; more are rejected with 503."
@@ -206,6 +219,7 @@ class ModelSpec(_Spec):
     )
     storage_uri: str = Field(
         "",
+        max_length=2048,
         description=(
             "Model folder (config + numbered version folders): file://, a path relative to"
             " the manifest, http(s)://, s3://, gs:// or pvc://."
@@ -247,33 +261,44 @@ class ModelSpec(_Spec):
 
 
 class ChildWeight(_Spec):
-    """A weight given to one child."""
+    """A weight given to one child: ``{child: a, weight: 70}``."""
 
-    child: str = Field(min_length=1, description="Child node name.")
-    weight: float = Field(ge=0, description="Weight (Router: percent of traffic).")
+    child: NodeName = Field(description="Child node name.")
+    weight: float = Field(ge=0, description="Router: percent of traffic; Combiner: relative weight.")
 
 
 class HeaderRoute(_Spec):
     """Send requests whose header (or parameter) has this value to this child."""
 
-    value: str = Field(description="Header or parameter value to match.")
-    child: str = Field(min_length=1, description="Child node name.")
+    value: str = Field(max_length=256, description="Header or parameter value to match.")
+    child: NodeName = Field(description="Child node name.")
 
 
 class RouterSpec(_Spec):
     """Pick one child per request; fields apply only to the strategy named beside them."""
 
     strategy: Literal["Weighted", "Header", "EpsilonGreedy", "ThompsonSampling", "Shadow"] = Field(
-        description="How the child is picked."
+        description=(
+            "How the child is picked: Weighted (random, by weights), Header (by a header's"
+            " value), EpsilonGreedy or ThompsonSampling (bandits learning from feedback),"
+            " Shadow (answer from primary, copy to the others)."
+        )
     )
     weights: list[ChildWeight] | None = Field(
-        None, description="Weighted: percent of traffic per child, summing to 100 (unset: even split)."
+        None,
+        max_length=MAX_CHILDREN,
+        description=(
+            "Weighted: [{child, weight}], percent of traffic per child, summing to 100"
+            " (unset: even split)."
+        ),
     )
     header: str | None = Field(None, description="Header: request header or parameter to route on.")
-    routes: list[HeaderRoute] | None = Field(None, description="Header: value -> child.")
-    default: str | None = Field(None, description="Header: child when no route matches (else 400).")
+    routes: list[HeaderRoute] | None = Field(
+        None, max_length=64, description="Header: [{value, child}], the child for each header value."
+    )
+    default: NodeName | None = Field(None, description="Header: child when no route matches (else 400).")
     epsilon: float | None = Field(None, ge=0, le=1, description="EpsilonGreedy: exploration rate.")
-    primary: str | None = Field(
+    primary: NodeName | None = Field(
         None, description="Shadow: the child whose answer is returned (default: the first child)."
     )
     shadow_percent: float | None = Field(
@@ -293,10 +318,16 @@ class CombinerSpec(_Spec):
     """Send every request to all children and merge their outputs."""
 
     method: Literal["Mean", "WeightedMean", "MajorityVote", "Concat", "Max"] = Field(
-        description="How children's outputs are merged."
+        description=(
+            "How children's outputs are merged, element-wise: Mean, WeightedMean (needs weights),"
+            " Max; MajorityVote (most common label; float scores vote by argmax); Concat (along"
+            " concatAxis)."
+        )
     )
     weights: list[ChildWeight] | None = Field(
-        None, description="WeightedMean: one weight per child (normalised by their sum)."
+        None,
+        max_length=MAX_CHILDREN,
+        description="WeightedMean: [{child, weight}], one per child (normalised by their sum).",
     )
     on_child_failure: Literal["Fail", "Skip"] | None = Field(
         None, description="Fail the request (default) or leave a failing child out."
@@ -314,15 +345,24 @@ class Step(_Spec):
     """One transformation of the named tensors (no tensors = every floating-point tensor)."""
 
     kind: Literal["StandardScaler", "MinMaxScaler", "OutlierDetector", "DriftDetector", "Python"] = (
-        Field(description="What the step does.")
+        Field(
+            description=(
+                "StandardScaler: (x - mean) / scale; MinMaxScaler: min..max onto featureRange;"
+                " OutlierDetector: adds outputs OUTLIER_SCORE and IS_OUTLIER; DriftDetector:"
+                " KS test of a window against reference data, as metrics; Python: the user's"
+                " class with transform_input/transform_output(dict) -> dict."
+            )
+        )
     )
-    tensors: list[str] = Field(default_factory=list, description="Tensors to transform.")
+    tensors: list[str] = Field(
+        default_factory=list, description="Tensors to transform (none: every floating-point tensor)."
+    )
     mean: list[float] | None = Field(None, description="StandardScaler: per-feature mean.")
     scale: list[float] | None = Field(None, description="StandardScaler: per-feature scale.")
     min: list[float] | None = Field(None, description="MinMaxScaler: per-feature minimum.")
     max: list[float] | None = Field(None, description="MinMaxScaler: per-feature maximum.")
     feature_range: list[float] | None = Field(
-        None, min_length=2, max_length=2, description="MinMaxScaler: [low, high] to scale into."
+        None, min_length=2, max_length=2, description="MinMaxScaler: [low, high] to scale into (default [0, 1])."
     )
     params_file: str | None = Field(
         None, description="Scalers: JSON/YAML/.npz file with the parameters, relative to the manifest."
@@ -331,22 +371,40 @@ class Step(_Spec):
         None, description="Detectors: reference data (rows x features) as .npy/.npz/.csv."
     )
     method: Literal["zscore", "mahalanobis"] | None = Field(
-        None, description="OutlierDetector: distance to the reference."
+        None,
+        description=(
+            "OutlierDetector: zscore (largest |x - mean| / std of a row; default) or"
+            " mahalanobis (needs referenceFile)."
+        ),
     )
-    threshold: float | None = Field(None, gt=0, description="OutlierDetector: score that flags.")
-    window: int | None = Field(None, ge=10, description="DriftDetector: sliding window of rows.")
+    threshold: float | None = Field(
+        None, gt=0, description="OutlierDetector: a row scoring above this is an outlier (default 3)."
+    )
+    window: int | None = Field(
+        None, ge=10, description="DriftDetector: sliding window of recent rows (default 500)."
+    )
     p_value_threshold: float | None = Field(
-        None, gt=0, lt=1, description="DriftDetector: p-value below which drift is reported."
+        None, gt=0, lt=1, description="DriftDetector: p-value below which drift is reported (default 0.05)."
     )
-    file: str | None = Field(None, description="Python: the user's .py file.")
-    class_name: str | None = Field(None, description="Python: class in the file to use.")
+    file: str | None = Field(None, description="Python: the user's .py file, relative to the manifest.")
+    class_name: str | None = Field(
+        None, description="Python: class in the file to use (default: the only one with a transform method)."
+    )
 
 
 class TransformerSpec(_Spec):
     """Change a request before its one child sees it, and/or the child's answer."""
 
-    input: list[Step] = Field(default_factory=list, description="Steps applied to the request.")
-    output: list[Step] = Field(default_factory=list, description="Steps applied to the answer.")
+    input: list[Step] = Field(
+        default_factory=list,
+        max_length=MAX_STEPS,
+        description="Steps applied to the request, in order: [{kind, tensors, ...}].",
+    )
+    output: list[Step] = Field(
+        default_factory=list,
+        max_length=MAX_STEPS,
+        description="Steps applied to the child's answer, in order: [{kind, tensors, ...}].",
+    )
 
 
 # ----------------------------------------------------------------------------- graph
@@ -357,7 +415,14 @@ class Node(_Spec):
 
     name: str = Field(pattern=DNS_LABEL, max_length=63, description="Node name (DNS-1123 label).")
     type: NodeType = Field(description="Model, Router, Combiner or Transformer.")
-    children: list[str] = Field(default_factory=list, description="Names of the child nodes.")
+    children: list[NodeName] = Field(
+        default_factory=list,
+        max_length=MAX_CHILDREN,
+        description=(
+            "Names of the child nodes: none for a Model, 1 for a Transformer, 2 or more for a"
+            " Router or Combiner."
+        ),
+    )
     model: ModelSpec | None = Field(None, description="Settings of a Model node.")
     router: RouterSpec | None = Field(None, description="Settings of a Router node.")
     combiner: CombinerSpec | None = Field(None, description="Settings of a Combiner node.")
@@ -380,8 +445,10 @@ class Node(_Spec):
 class ModelDeploymentSpec(_Spec):
     """A graph of nodes and the one that receives requests."""
 
-    entrypoint: str = Field(description="Name of the node that receives requests.")
-    nodes: list[Node] = Field(description="Every node of the graph, children by name.")
+    entrypoint: str = Field(max_length=63, description="Name of the node that receives requests.")
+    nodes: list[Node] = Field(
+        max_length=MAX_NODES, description="Every node of the graph, children by name."
+    )
 
 
 class ObjectMeta(BaseModel):
