@@ -212,3 +212,28 @@ def test_service_monitor_without_metrics_is_refused() -> None:
 
 def test_crds_folder_is_not_rendered_as_templates() -> None:
     assert of_kind(render(), "CustomResourceDefinition") == []
+
+
+# A kubeconfig for a server that does not exist: a client-side dry run never calls it.
+UNREACHABLE_KUBECONFIG = """\
+apiVersion: v1
+kind: Config
+clusters: [{name: none, cluster: {server: "https://127.0.0.1:1"}}]
+users: [{name: none, user: {token: unused}}]
+contexts: [{name: none, context: {cluster: none, user: none}}]
+current-context: none
+"""
+
+
+def test_client_dry_run_install() -> None:
+    """`helm install --dry-run=client`: Chart.yaml's kubeVersion is met, NOTES render, and the
+    release's manifest is the objects rendered above."""
+    import yaml
+
+    with helm.Config(kubeconfig_content=UNREACHABLE_KUBECONFIG, storage_driver="memory", namespace=NAMESPACE) as config:
+        release = config.install(CHART, "servegraph", {}, namespace=NAMESPACE, dry_run="client")
+    assert release["app_version"] == "0.1.0"
+    assert "It serves ModelDeployments in every namespace." in release["notes"]
+    installed = [d for d in yaml.safe_load_all(release["manifest"]) if d]
+    key = lambda o: (o["kind"], o["metadata"].get("namespace", ""), o["metadata"]["name"])  # noqa: E731
+    assert sorted(map(key, installed)) == sorted(map(key, render()))

@@ -6,9 +6,10 @@ import importlib.util
 import re
 from typing import Any
 
+import kubernetes_validate
 import yaml
 
-from tests.install.chart import CHART, ROOT
+from tests.install.chart import CHART, KUBE_VERSION, ROOT
 
 
 def leaves(values: dict[str, Any], prefix: str = "") -> list[str]:
@@ -66,6 +67,15 @@ def test_chart_crds_are_the_top_level_crds() -> None:
     top, chart = sync.crd_files(ROOT / "crds"), sync.crd_files(CHART / "crds")
     assert sorted(top) == sorted(chart), "run: python scripts/sync_crds.py"
     assert sync.differences() == [], "run: python scripts/sync_crds.py"
+
+
+def test_chart_crds_are_valid_crds() -> None:
+    """Each file in the chart's crds/ is one CustomResourceDefinition, valid for 1.33."""
+    for path in sorted((CHART / "crds").glob("*.y*ml")):
+        documents = [d for d in yaml.safe_load_all(path.read_text()) if d]
+        assert [d["kind"] for d in documents] == ["CustomResourceDefinition"], path.name
+        assert documents[0]["spec"]["group"] == "servegraph.io"
+        kubernetes_validate.validate(documents[0], KUBE_VERSION, strict=True)
 
 
 def test_sync_copies_and_prunes(tmp_path: Any) -> None:

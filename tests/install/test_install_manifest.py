@@ -39,8 +39,7 @@ def test_manifest_is_a_whole_install_in_order() -> None:
     if crds:
         assert kinds.index("CustomResourceDefinition") < kinds.index("Deployment")
     for obj in objects:
-        if obj["kind"] != "CustomResourceDefinition":
-            kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
+        kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
         if obj["kind"] not in {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}:
             assert obj["metadata"]["namespace"] == "servegraph-system"
 
