@@ -21,6 +21,8 @@ Covered, all offline with Helm's own Go library (helm-python-sdk) and no cluster
 
 Left out, and why: building the images and running the kind script need Docker, which
 these machines do not have; the second half of S2 (every API call the operator makes is
-allowed, every rule is used) needs the operator's kmock suite and lives with it, reading
-charts/servegraph/rbac-rules.yaml; server-side apply behaviour of a real apiserver.
+allowed, every rule is used) needs the operator's kmock suite and lives with it, through
+tests/install/rbac.py (``not_allowed``, ``never_used``) over charts/servegraph/rbac-rules.yaml;
+so does "re-applying a manifest makes the operator write nothing"; what only a real
+apiserver shows (server-side apply, RBAC escalation checks, NetworkPolicy enforcement).
 """

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tests.install import rbac
 from tests.install.chart import CHART, NAMESPACE, of_kind, one, rbac_rules_file, render
 
 ESCALATING = {"escalate", "bind", "impersonate"}
@@ -28,10 +29,10 @@ EXPECTED = {
 }
 
 
-def permissions(rules: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
+def permissions(rule_list: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
     """(apiGroup, resource) -> verbs, over all rules."""
     granted: dict[tuple[str, str], set[str]] = {}
-    for rule in rules:
+    for rule in rule_list:
         for group in rule["apiGroups"]:
             for resource in rule["resources"]:
                 granted.setdefault((group, resource), set()).update(rule["verbs"])
@@ -39,7 +40,7 @@ def permissions(rules: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
 
 
 def file_rules() -> list[dict[str, Any]]:
-    return [{k: v for k, v in rule.items() if k != "reason"} for rule in rbac_rules_file()["rules"]]
+    return rbac.rules()
 
 
 def test_rules_file_is_what_the_operator_needs() -> None:
@@ -95,3 +96,14 @@ def test_rule_reasons_are_comments_in_the_template_output() -> None:
         text = chart.render({}, name="servegraph", namespace=NAMESPACE, is_install=True)["servegraph/templates/rbac.yaml"]
     for rule in rbac_rules_file()["rules"]:
         assert f"# {rule['reason']}" in text
+
+
+def test_s2_helpers() -> None:
+    """What the operator's suite will call with its recorded requests."""
+    every_call = {(verb, group, resource) for (group, resource), verbs in EXPECTED.items() for verb in verbs}
+    calls = every_call - rbac.delegated()
+    assert rbac.not_allowed(calls) == set()
+    assert rbac.never_used(calls) == set()
+    assert rbac.not_allowed(calls | {("list", "", "secrets")}) == {("list", "", "secrets")}
+    assert rbac.never_used(calls - {("delete", "apps", "deployments")}) == {("delete", "apps", "deployments")}
+    assert rbac.delegated() == {("update", "", "configmaps")}
