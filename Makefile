@@ -29,8 +29,9 @@ test: $(STAMP) lua
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q --cov --cov-report=term
 
-# deploy/servegraph.yaml: the chart rendered with its defaults, for `kubectl apply` (a test checks drift).
-install-manifest: $(STAMP)
+# deploy/servegraph.yaml: the chart (CRDs synced first) rendered with its defaults, for
+# `kubectl apply` (a test checks drift).
+install-manifest: sync-crds
 	$(BIN)/python scripts/render_install.py
 
 # Copy the generated crds/*.yaml into the chart (charts/servegraph/crds/).
