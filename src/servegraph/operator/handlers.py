@@ -20,8 +20,19 @@ from servegraph.operator.settings import ANNOTATION_PREFIX, FINALIZER
 
 GROUP, VERSION, PLURAL = "servegraph.io", "v1alpha1", "modeldeployments"
 
-WATCHED_CHILDREN = (("apps", "v1", "deployments"), ("", "v1", "services"), ("", "v1", "configmaps"), ("", "v1", "pods"))
-"""Owned kinds whose changes wake their ModelDeployment (pods for per-node reasons)."""
+WATCHED_CHILDREN = (
+    ("apps", "v1", "deployments"),
+    ("", "v1", "services"),
+    ("", "v1", "configmaps"),
+    ("", "v1", "serviceaccounts"),
+    ("", "v1", "pods"),
+    ("autoscaling", "v2", "horizontalpodautoscalers"),
+    ("policy", "v1", "poddisruptionbudgets"),
+    ("rbac.authorization.k8s.io", "v1", "roles"),
+    ("rbac.authorization.k8s.io", "v1", "rolebindings"),
+)
+"""Owned kinds whose changes wake their ModelDeployment (so drift is put back at once), and
+pods, whose state becomes the per-node reasons in status."""
 
 MANAGED = {"app.kubernetes.io/managed-by": "servegraph"}
 

@@ -27,10 +27,14 @@ from .conftest import OperatorRunner
 from .emulator import MODELDEPLOYMENTS, ServegraphEmulator
 
 NS = "default"
-FULL = {"deployments": "apps/v1/deployments", "services": "v1/services", "configmaps": "v1/configmaps", "pods": "v1/pods"}
+FULL = {
+    "deployments": "apps/v1/deployments", "services": "v1/services", "configmaps": "v1/configmaps", "pods": "v1/pods",
+    "serviceaccounts": "v1/serviceaccounts", "horizontalpodautoscalers": "autoscaling/v2/horizontalpodautoscalers",
+    "poddisruptionbudgets": "policy/v1/poddisruptionbudgets", "roles": "rbac.authorization.k8s.io/v1/roles",
+    "rolebindings": "rbac.authorization.k8s.io/v1/rolebindings",
+}  # fmt: skip
 """The emulator's in-process accessors want a resource's group and version."""
 NODES = ["a", "b", "c", "ens", "pre", "split"]
-CHILD_KINDS = ("deployments", "services", "configmaps", "pods")
 
 
 class Recorder:
