@@ -278,3 +278,25 @@ async def test_a_bug_in_a_non_inference_endpoint_is_a_logged_500_and_internal(
         await server.stop(grace=1.0)
         await runner.cleanup()
     assert "unexpected error in ModelMetadata" in caplog.text
+
+
+# ------------------------------------------------------- numbers in headers and params
+
+
+@pytest.mark.parametrize("value", ["٣", "1_0", "²"])
+def test_numbers_in_headers_and_rewards_are_ascii(value: str) -> None:
+    """int() and float() read Unicode digits ("٣" as 3) and underscores; the protocol does not."""
+    from aiohttp.test_utils import make_mocked_request
+
+    from servegraph.runtime.protocol.errors import InvalidInput
+    from servegraph.runtime.protocol.parameters import parse_reward
+    from servegraph.runtime.protocol.rest_codec import HEADER_LENGTH
+
+    request = make_mocked_request("POST", "/", headers={HEADER_LENGTH: value, rest.TIMEOUT_HEADER: value})
+    with pytest.raises(InvalidInput, match=f"{HEADER_LENGTH} must be an integer"):
+        rest._integer_header(request, HEADER_LENGTH)
+    if value != "1_0":  # float("1_0") is 10.0: accepted, as it is ASCII
+        with pytest.raises(InvalidInput, match="must be a number"):
+            rest._timeout_header(request)
+        with pytest.raises(InvalidInput, match="reward must be a number"):
+            parse_reward(value)

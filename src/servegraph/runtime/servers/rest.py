@@ -115,10 +115,10 @@ def _integer_header(request: web.Request, name: str) -> int | None:
     value = request.headers.get(name)
     if value is None:
         return None
-    try:
-        return int(value)
-    except ValueError:
-        raise InvalidInput(f"{name} must be an integer, got {value!r}") from None
+    # int() also reads Unicode digits ("٣" as 3), spaces and underscores: only ASCII digits.
+    if not (value.isascii() and value.strip().lstrip("-").isdigit()):
+        raise InvalidInput(f"{name} must be an integer, got {value!r}")
+    return int(value)
 
 
 def _timeout_header(request: web.Request) -> float | None:
@@ -126,6 +126,8 @@ def _timeout_header(request: web.Request) -> float | None:
     if value is None:
         return None
     try:
+        if not value.isascii():  # float() reads Unicode digits too
+            raise ValueError(value)
         timeout = float(value)
     except ValueError:
         raise InvalidInput(f"{TIMEOUT_HEADER} must be a number, got {value!r}") from None
