@@ -131,6 +131,12 @@ MALFORMED_HTTP = {
     "duplicate_content_length": b"POST /v2/models/add_sub/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
     "unknown_method": b"FR\x00B /v2 HTTP/1.1\r\nHost: x\r\n\r\n",
     "huge_content_length": b"POST /v2/models/add_sub/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 9223372036854775807\r\n\r\n{}",
+    "content_length_not_a_number": b"POST /v2/models/add_sub/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 1e3\r\n\r\n{}",
+    "header_line_too_long": b"GET /v2 HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 20000 + b"\r\n\r\n",
+    "url_too_long": b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+    "bad_http_version": b"GET /v2 HTTP/9.x\r\nHost: x\r\n\r\n",
+    "huge_content_length_index": b"POST /v2/repository/index HTTP/1.1\r\nHost: x\r\nContent-Length: 9223372036854775807\r\n\r\n{}",
+    "huge_content_length_feedback": b"POST /v2/models/add_sub/feedback HTTP/1.1\r\nHost: x\r\nContent-Length: 9223372036854775807\r\n\r\n{}",
     "content_length_past_int64": b"POST /v2/models/add_sub/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999999\r\n\r\n{}",
 }  # fmt: skip
 
