@@ -68,7 +68,7 @@ the child reaches the caller before the caller's deadline fires and hides which 
 slow. Measured: a grpc.aio server sees a caller's deadline late by about 9 ms at 1-3 s and
 about 99 ms at 10 s (about 1 %), so the reserve must grow with the budget, not be capped at a
 few milliseconds."""
-DEADLINE_RESERVE_MIN = 0.025
+DEADLINE_RESERVE_MIN = 0.050
 
 RETRY_PUSHBACK = "grpc-retry-pushback-ms"
 """The trailer a busy server's UNAVAILABLE carries (gRPC's retry design, A6)."""
