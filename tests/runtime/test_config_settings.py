@@ -11,6 +11,7 @@ Left out: running on a real GPU (no GPU on CI; the provider list is what is chec
 
 from __future__ import annotations
 
+import json
 import sys
 import types
 from pathlib import Path
@@ -22,7 +23,7 @@ from pydantic import ValidationError
 from servegraph.runtime.backends import onnx
 from servegraph.runtime.config import ModelConfig
 from servegraph.runtime.triton_config import parse_pbtxt, to_proto
-from tests.conftest import serve
+from tests.conftest import ServerProcess, http_request, wait_until
 
 BASE = """
 name: "m"
@@ -115,12 +116,26 @@ def test_gpus_map_to_the_cuda_providers_device_id(monkeypatch: pytest.MonkeyPatc
         onnx._providers(config)
 
 
-async def test_a_refused_config_is_the_models_reason_in_the_index(repo: Path) -> None:
+def test_a_refused_config_is_the_models_reason_in_the_index(repo: Path) -> None:
     folder = repo / "m"
     (folder / "1").mkdir(parents=True)
     (folder / "config.pbtxt").write_text(BASE + "sequence_batching { }")
     (folder / "1" / "model.py").write_text("class M:\n    def predict(self, inputs):\n        return inputs\n")
-    async with serve(repo) as server:
-        rows = server.repository.index()  # type: ignore[union-attr]
-    assert rows[0]["state"] == "UNAVAILABLE"
+    # A subprocess, not in-process: see test_gpus_map_to_the_cuda_providers_device_id.
+    server = ServerProcess(repo, "--repository-poll-secs", "0")
+    try:
+        rows: list[dict[str, Any]] = []
+
+        def indexed() -> bool:
+            nonlocal rows
+            try:
+                reply = http_request(server.http_url, "POST", "/v2/repository/index", b"{}")
+            except OSError:
+                return False
+            rows = json.loads(reply.body) if reply.status == 200 else []
+            return bool(rows) and rows[0].get("state") == "UNAVAILABLE"
+
+        wait_until(indexed, timeout=60, what="the model's row in the index")
+    finally:
+        server.stop()
     assert "sets sequence_batching, which servegraph does not run" in rows[0]["reason"]
