@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from servegraph.operator.render import RenderedModel, RenderError
 from servegraph.runtime.config import ModelConfig
+from servegraph.runtime.protocol.versions import is_version_name
 from servegraph.runtime.repository.layout import CONFIG_FILES, ModelDir, read_config
 
 
@@ -40,7 +41,7 @@ def write_model_repository(model: RenderedModel, target: Path) -> Path:
         raise RenderError(
             f"{where}: model folder {source} (storageUri '{model.storage_uri}') is not a directory"
         )
-    versions = sorted(e.name for e in source.iterdir() if e.is_dir() and e.name.isdigit())
+    versions = sorted(e.name for e in source.iterdir() if e.is_dir() and is_version_name(e.name))
     if not versions:
         raise RenderError(
             f"{where}: model folder {source} has no numbered version folders"

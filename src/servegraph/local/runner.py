@@ -7,10 +7,20 @@ operator would create a Deployment: model nodes on a one-model repository, the o
 first, once per URI and afresh on every start. Each node gets free 127.0.0.1 ports (the
 entrypoint gets the ports asked for), its log lines are prefixed with its name, and
 stopping stops every process started.
+
+It heals as a kubelet does: a node that exits after the graph started is restarted on its
+own ports with exponential backoff (``restartPolicy: Always`` and CrashLoopBackOff), while
+the other nodes keep serving; the log says which node restarted, why, and when. Only a node
+that never becomes ready at start fails the run, and a model whose load fails fails it at
+once with the model's error. Nodes die with the runner even when it is killed (SIGKILL):
+each asks the kernel for SIGTERM when its parent goes (``PR_SET_PDEATHSIG``), and a later
+run removes the work folders a killed run left behind.
 """
 
 from __future__ import annotations
 
+import ctypes
+import json
 import os
 import shutil
 import signal
@@ -21,6 +31,7 @@ import threading
 import time
 import urllib.request
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO
@@ -43,6 +54,72 @@ class GraphStartError(RuntimeError):
     """A node failed to start; the message carries its log tail."""
 
 
+RESTART_BACKOFF_INITIAL = 1.0
+"""Seconds before the first restart of a node that exited (then doubled per exit)."""
+RESTART_BACKOFF_MAX = 60.0
+"""The longest wait between restarts (the kubelet's CrashLoopBackOff caps at 5 minutes)."""
+RESTART_BACKOFF_RESET = 60.0
+"""A node that served this long since its last start begins its backoff afresh."""
+SUPERVISE_INTERVAL = 0.2
+"""How often the runner looks for nodes that exited."""
+
+WORKDIR_PREFIX = "servegraph-"
+OWNER_FILE = ".servegraph-run.pid"
+"""Written into a run's own temporary work folder: the runner's pid, so a later run can tell
+a folder whose runner died (killed) from one still in use."""
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child get SIGTERM when this process goes (Linux).
+
+    The kernel sends it when the *thread* that started the child exits, so nodes are started
+    from the main thread or from the supervisor thread, which lives until ``stop()``.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)  # looked up before fork: no imports after it
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:  # the runner died before prctl: go now
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_dead_workdirs(root: Path | None = None) -> list[Path]:
+    """Remove the temporary work folders of runs whose runner no longer lives; return them."""
+    base = Path(root or tempfile.gettempdir())
+    removed = []
+    for folder in base.glob(f"{WORKDIR_PREFIX}*"):
+        owner = folder / OWNER_FILE
+        try:
+            pid = int(owner.read_text().strip())
+        except (OSError, ValueError):
+            continue  # not ours, or still being set up
+        if pid != os.getpid() and not _pid_alive(pid):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
 @dataclass
 class NodePorts:
     http: int
@@ -58,8 +135,17 @@ class NodeProcess:
     kind: str
     ports: NodePorts
     process: subprocess.Popen[bytes]
+    command: list[str] = field(default_factory=list)
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=40))
     pump: threading.Thread | None = None
+    started_at: float = field(default_factory=time.monotonic)
+    restarts: int = 0
+    """How many times the runner restarted this node."""
+    last_exit: str = ""
+    """Why the node last exited ("exit code 1", "signal SIGKILL"), for the log and summary."""
+    backoff: float = RESTART_BACKOFF_INITIAL
+    restart_at: float | None = None
+    """When the node that exited is due to start again (monotonic), or None while it runs."""
 
     def ready(self, host: str) -> bool:
         try:
@@ -96,7 +182,12 @@ class LocalGraph:
         self.host = host
         self.deployment = load_manifest(self.manifest)
         self._workdir_owned = workdir is None
-        self.workdir = workdir or Path(tempfile.mkdtemp(prefix=f"servegraph-{self.deployment.metadata.name}-"))
+        if workdir is None:
+            clean_dead_workdirs()
+            self.workdir = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{self.deployment.metadata.name}-"))
+            (self.workdir / OWNER_FILE).write_text(str(os.getpid()))
+        else:
+            self.workdir = workdir
         self.log = log
         self.ports: dict[str, NodePorts] = {}
         for node in self.deployment.spec.nodes:
@@ -112,6 +203,11 @@ class LocalGraph:
             state_dir=str(self.workdir / "state"),
         )
         self.processes: list[NodeProcess] = []
+        self._env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self._width = max(len(name) for name in self.ports)
+        self._stopping = threading.Event()
+        self._supervisor: threading.Thread | None = None
+        self._lock = threading.Lock()
 
     @property
     def entry(self) -> NodePorts:
@@ -157,30 +253,110 @@ class LocalGraph:
                 files[path] = source
             self.graph.models[name] = replace(model, repository_files=files)
 
-    def start(self, timeout: float = 120.0) -> None:
-        """Fetch remote models, start every node (children first), wait until all are ready.
+    def start(self, timeout: float = 120.0, supervise: bool = True) -> None:
+        """Fetch remote models, start every node (children first), wait until all are ready,
+        then (``supervise``) restart any node that exits, with backoff, until ``stop()``.
 
         On any failure, every process started is stopped and the error raised.
         """
         (self.workdir / "state").mkdir(parents=True, exist_ok=True)
-        width = max(len(name) for name in self.ports)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         try:
             self.fetch_models()
             for name in self.graph.order:
                 kind, command = self._command(name)
-                process = subprocess.Popen(
-                    command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True
-                )
-                node = NodeProcess(name, kind, self.ports[name], process)
-                self.processes.append(node)
-                assert process.stdout is not None
-                node.pump = threading.Thread(target=_pump, args=(node, process.stdout, self.log, width), daemon=True)
-                node.pump.start()
+                self.processes.append(self._spawn(name, kind, command))
             self._wait_ready(timeout)
         except BaseException:
             self.stop()
             raise
+        if supervise:
+            self._supervisor = threading.Thread(target=self._supervise, name="servegraph-supervisor", daemon=True)
+            self._supervisor.start()
+
+    def _spawn(self, name: str, kind: str, command: list[str]) -> NodeProcess:
+        process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=self._env,
+            start_new_session=True,  # Ctrl-C reaches the runner only; it stops the nodes in order
+            preexec_fn=_die_with_parent(),
+        )
+        node = NodeProcess(name, kind, self.ports[name], process, command)
+        assert process.stdout is not None
+        node.pump = threading.Thread(target=_pump, args=(node, process.stdout, self.log, self._width), daemon=True)
+        node.pump.start()
+        return node
+
+    def _say(self, message: str) -> None:
+        print(f"{'servegraph':>{self._width}} | {message}", file=self.log, flush=True)
+
+    # ------------------------------------------------------------------ healing
+    def _supervise(self) -> None:
+        while not self._stopping.wait(SUPERVISE_INTERVAL):
+            try:
+                self.heal()
+            except Exception as exc:  # the supervisor must outlive any one bad round
+                self._say(f"supervisor: {type(exc).__name__}: {exc}")
+
+    def heal(self, now: float | None = None) -> None:
+        """One supervision round: note nodes that exited and restart those whose backoff is up."""
+        with self._lock:
+            if self._stopping.is_set():
+                return
+            now = time.monotonic() if now is None else now
+            for index, node in enumerate(self.processes):
+                code = node.process.poll()
+                if code is None:
+                    if now - node.started_at >= RESTART_BACKOFF_RESET:
+                        node.backoff = RESTART_BACKOFF_INITIAL
+                    continue
+                if node.restart_at is None:
+                    if now - node.started_at >= RESTART_BACKOFF_RESET:
+                        node.backoff = RESTART_BACKOFF_INITIAL
+                    node.last_exit = _exit_reason(code)
+                    node.restart_at = now + node.backoff
+                    last = node.tail[-1] if node.tail else ""
+                    self._say(
+                        f"node '{node.name}' ({node.kind}) exited ({node.last_exit})"
+                        + (f" after: {last}" if last else "")
+                        + f"; restarting it in {node.backoff:.0f} s (restart {node.restarts + 1})"
+                    )
+                    continue
+                if now < node.restart_at:
+                    continue
+                fresh = self._spawn(node.name, node.kind, node.command)
+                fresh.restarts = node.restarts + 1
+                fresh.last_exit = node.last_exit
+                fresh.backoff = min(node.backoff * 2, RESTART_BACKOFF_MAX)
+                self.processes[index] = fresh
+                self._say(f"node '{node.name}' restarted (restart {fresh.restarts}, it had {node.last_exit})")
+
+    def restarts(self) -> dict[str, int]:
+        """How many times each node was restarted."""
+        return {node.name: node.restarts for node in self.processes}
+
+    # ------------------------------------------------------------------ startup
+    def _load_failure(self, node: NodeProcess) -> str | None:
+        """For a model node not yet ready: the error of a model that failed to load, if any."""
+        if node.kind != "model":
+            return None
+        request = urllib.request.Request(
+            f"http://{self.host}:{node.ports.http}/v2/repository/index", data=b"{}", method="POST"
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=1) as response:
+                rows = json.loads(response.read())
+        except (OSError, ValueError):
+            return None  # not listening yet
+        failed = [r for r in rows if isinstance(r, dict) and r.get("state") == "UNAVAILABLE"]
+        if not failed:
+            return None
+        return "; ".join(
+            f"model '{r.get('name')}'" + (f" version {r['version']}" if r.get("version") else "")
+            + f" failed to load: {r.get('reason') or 'no reason given'}"
+            for r in failed
+        )
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -197,6 +373,10 @@ class LocalGraph:
                     )
                 if node.ready(self.host):
                     waiting.remove(node)
+                    continue
+                failure = self._load_failure(node)
+                if failure is not None:
+                    raise GraphStartError(f"node '{node.name}': {failure}")
             if waiting and time.monotonic() > deadline:
                 names = ", ".join(n.name for n in waiting)
                 tails = "\n".join(f"--- {n.name}\n" + "\n".join(list(n.tail)[-10:]) for n in waiting)
@@ -218,13 +398,18 @@ class LocalGraph:
                 if node.name in self.graph.models
                 else f"{node.kind} -> {', '.join(c.name for c in self.graph.nodes[node.name].children)}"
             )
+            restarted = f"  restarts {node.restarts} (last: {node.last_exit})" if node.restarts else ""
             lines.append(
-                f"  {node.name:<16} {detail:<40} http :{node.ports.http}  grpc :{node.ports.grpc}  metrics :{node.ports.metrics}"
+                f"  {node.name:<16} {detail:<40} http :{node.ports.http}  grpc :{node.ports.grpc}"
+                f"  metrics :{node.ports.metrics}{restarted}"
             )
         return "\n".join(lines)
 
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM every node, parents first (they drain into their children), then wait."""
+        self._stopping.set()
+        with self._lock:  # no restart from here on
+            pass
         for node in reversed(self.processes):
             if node.process.poll() is None:
                 node.process.send_signal(signal.SIGTERM)
@@ -236,34 +421,46 @@ class LocalGraph:
                 node.process.kill()
                 node.process.wait()
         self.processes.clear()
+        if self._supervisor is not None:
+            self._supervisor.join(timeout=5)
+            self._supervisor = None
         if self._workdir_owned:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+def _exit_reason(code: int) -> str:
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit code {code}"
+
+
 def run(manifest: Path, host: str, http_port: int, grpc_port: int, metrics_port: int) -> int:
-    """The ``servegraph run`` command: start, print, serve until Ctrl-C/SIGTERM, stop."""
+    """The ``servegraph run`` command: start, print, serve (healing nodes) until Ctrl-C/SIGTERM, stop.
+
+    Every user error (an invalid manifest, a model that cannot be fetched or loaded, a node
+    that never becomes ready) prints one message and exits 1, never a traceback.
+    """
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
         stop.set()
 
-    graph = LocalGraph(manifest, host, http_port, grpc_port, metrics_port)
+    try:
+        graph = LocalGraph(manifest, host, http_port, grpc_port, metrics_port)
+    except (ValueError, OSError, RenderError, StorageError) as exc:
+        print(f"servegraph run: {manifest}: {exc}", file=sys.stderr)
+        return 1
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         graph.start()
         print(graph.summary(), flush=True)
-        while not stop.is_set():
-            exited = [n for n in graph.processes if n.process.poll() is not None]
-            if exited:
-                print(
-                    f"node '{exited[0].name}' exited with code {exited[0].process.returncode}; "
-                    "stopping the graph",
-                    file=sys.stderr,
-                )
-                return 1
-            stop.wait(0.5)
+        while not stop.wait(0.5):
+            pass
         return 0
-    except (GraphStartError, RenderError) as exc:
+    except (GraphStartError, RenderError, StorageError, ValueError, OSError) as exc:
         print(f"servegraph run: {exc}", file=sys.stderr)
         return 1
     finally:

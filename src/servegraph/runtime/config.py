@@ -83,7 +83,21 @@ class QueuePolicy(_Strict):
     max_queue_size: int = Field(0, ge=0, description="Requests; 0 means the server default.")
     default_timeout_microseconds: int = Field(0, ge=0, description="0 means no default timeout.")
     allow_timeout_override: bool = True
-    timeout_action: Literal["REJECT", "DELAY"] = "REJECT"
+    timeout_action: Literal["REJECT", "DELAY"] = Field(
+        "REJECT",
+        description="REJECT only: a request whose queue time passes its timeout is refused (504).",
+    )
+
+    @field_validator("timeout_action")
+    @classmethod
+    def _reject_only(cls, value: str) -> str:
+        # Accepting DELAY and still rejecting would make a user believe it took effect.
+        if value != "REJECT":
+            raise ValueError(
+                f"timeout_action {value} is not supported: servegraph rejects a request whose queue"
+                " time passes its timeout (REJECT); remove timeout_action or set it to REJECT"
+            )
+        return value
 
 
 class DynamicBatching(_Strict):
@@ -188,7 +202,27 @@ class ModelConfig(_Strict):
         names = [t.name for t in self.input]
         if len(set(names)) != len(names):
             raise ValueError(f"input names must be unique, got {names}")
+        for group in self.instance_group:
+            if not group.gpus:
+                continue
+            if group.kind == "KIND_CPU":
+                raise ValueError(f"instance_group gpus {group.gpus} contradicts kind KIND_CPU")
+            if self.backend != "onnxruntime":
+                raise ValueError(
+                    f"instance_group gpus {group.gpus}: the {self.backend} backend does not place models on"
+                    " GPUs; remove gpus (only onnxruntime maps them to the CUDA provider's device_id)"
+                )
+        if len(self.gpus) > 1:
+            raise ValueError(
+                f"instance_group gpus {self.gpus}: servegraph places all of a model's instances on one"
+                " GPU; name one GPU (or serve one model per GPU)"
+            )
         return self
+
+    @property
+    def gpus(self) -> list[int]:
+        """The GPUs the instance groups name, in order, without repeats."""
+        return list(dict.fromkeys(g for group in self.instance_group for g in group.gpus))
 
     @property
     def instance_count(self) -> int:

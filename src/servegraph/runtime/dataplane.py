@@ -13,7 +13,13 @@ from typing import Any
 from servegraph import __version__
 from servegraph.runtime.config import ServerSettings
 from servegraph.runtime.protocol import parameters as graph_params
-from servegraph.runtime.protocol.errors import InvalidInput, ModelNotFound, ShuttingDown, Unsupported
+from servegraph.runtime.protocol.errors import (
+    InvalidInput,
+    ModelNotFound,
+    ModelNotReady,
+    ShuttingDown,
+    Unsupported,
+)
 from servegraph.runtime.protocol.types import InferRequest, InferResponse
 from servegraph.runtime.servable import FeedbackTarget, ModelSource, Servable
 
@@ -53,10 +59,8 @@ class DataPlane:
             raise ModelNotFound(f"unknown model: '{name}'")
         try:
             model = self.repository.get(name, version)
-        except ModelNotFound:
-            raise
-        except Exception:
-            return False
+        except ModelNotReady:
+            return False  # anything else (a bug included) is an error, never a health answer
         return model.is_ready() and not self.draining
 
     # ---------------------------------------------------------------- metadata

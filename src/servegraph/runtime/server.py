@@ -74,7 +74,7 @@ class Server:
         return NodeHost(build_node(node, self.metrics, base_dir=base_dir, poll_interval=settings.child_poll_secs))
 
     async def _listen(self, app: web.Application, port: int) -> int:
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
+        runner = rest.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
         await runner.setup()
         site = web.TCPSite(runner, self.settings.host, port, backlog=1024)
         await site.start()

@@ -115,9 +115,14 @@ def _model_root(staging: Path) -> Path:
     A lone numbered folder is a version folder of a config-less model, not the model folder.
     """
     entries = [e for e in staging.iterdir() if not e.name.startswith(".") and e.name != "__MACOSX"]
-    if len(entries) == 1 and entries[0].is_dir() and not entries[0].name.isdigit():
+    if len(entries) == 1 and entries[0].is_dir() and not _ascii_digits(entries[0].name):
         return entries[0]
     return staging
+
+
+def _ascii_digits(text: str) -> bool:
+    # str.isdigit alone accepts Unicode digits ("²") that int() refuses.
+    return text.isascii() and text.isdigit()
 
 
 # ----------------------------------------------------------------------------- archives
@@ -196,7 +201,7 @@ def _fetch_http(uri: str, staging: Path, timeout: float, max_bytes: int) -> None
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             length = response.headers.get("Content-Length")
-            if length is not None and length.isdigit() and int(length) > max_bytes:
+            if length is not None and _ascii_digits(length) and int(length) > max_bytes:
                 raise StorageError(
                     f"storageUri {uri}: the download is {length} bytes, over the cap of {max_bytes}"
                 )

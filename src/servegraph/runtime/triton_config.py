@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from google.protobuf import json_format, text_format
+from google.protobuf.message import Message
 from tritonclient.grpc import model_config_pb2 as mc
 
 from servegraph.runtime.config import ModelConfig
@@ -28,9 +29,54 @@ def _tensor(t: Any) -> dict[str, Any]:
     }
 
 
+_SUPPORTED: dict[str, frozenset[str]] = {
+    "": frozenset(
+        {
+            "name", "platform", "backend", "max_batch_size", "input", "output", "parameters",
+            "default_model_filename", "version_policy", "dynamic_batching", "instance_group",
+        }
+    ),
+    "input": frozenset({"name", "data_type", "dims"}),
+    "output": frozenset({"name", "data_type", "dims"}),
+    "dynamic_batching": frozenset({"max_queue_delay_microseconds", "preferred_batch_size", "default_queue_policy"}),
+    "dynamic_batching.default_queue_policy": frozenset(
+        {"max_queue_size", "default_timeout_microseconds", "allow_timeout_override", "timeout_action"}
+    ),
+    "instance_group": frozenset({"name", "count", "kind", "gpus"}),
+    "version_policy": frozenset({"latest", "specific", "all"}),
+}  # fmt: skip
+"""The ModelConfig fields servegraph runs, per message path; any other field a config.pbtxt
+sets (sequence_batching, ensemble_scheduling, model_warmup, optimization, ...) is refused by
+name rather than silently dropped, so nobody believes a setting took effect."""
+
+
+def _unsupported(message: Any, path: str = "") -> list[str]:
+    """Paths of the fields set in ``message`` that servegraph does not run."""
+    found: list[str] = []
+    allowed = _SUPPORTED.get(path)
+    for field, value in message.ListFields():
+        where = f"{path}.{field.name}" if path else field.name
+        if allowed is not None and field.name not in allowed:
+            found.append(where)
+        elif where in _SUPPORTED:
+            items = [value] if isinstance(value, Message) else list(value)
+            for item in items:
+                found += [f for f in _unsupported(item, where) if f not in found]
+    return found
+
+
 def parse_pbtxt(text: str, default_name: str) -> ModelConfig:
-    """Translate a Triton ``config.pbtxt`` into servegraph's ModelConfig."""
+    """Translate a Triton ``config.pbtxt`` into servegraph's ModelConfig; refuse, by name, the
+    settings servegraph would otherwise ignore."""
     proto = text_format.Parse(text, mc.ModelConfig())
+    unsupported = _unsupported(proto)
+    if unsupported:
+        raise ValueError(
+            f"config.pbtxt of model '{proto.name or default_name}' sets {', '.join(unsupported)}, "
+            "which servegraph does not run; remove "
+            + ("it" if len(unsupported) == 1 else "them")
+            + " (or serve this model with Triton)"
+        )
     backend = _PLATFORM_TO_BACKEND.get(proto.backend or proto.platform)
     if backend is None:
         raise ValueError(
@@ -106,6 +152,7 @@ def to_proto(config: ModelConfig) -> mc.ModelConfig:
         q.max_queue_size = config.queue_size
         q.default_timeout_microseconds = db.default_queue_policy.default_timeout_microseconds
         q.allow_timeout_override = db.default_queue_policy.allow_timeout_override
+        q.timeout_action = mc.ModelQueuePolicy.TimeoutAction.Value(db.default_queue_policy.timeout_action)
     for g in config.instance_group:
         proto.instance_group.add(count=g.count, kind=mc.ModelInstanceGroup.Kind.Value(g.kind), gpus=g.gpus)
     for key, value in config.parameters.items():

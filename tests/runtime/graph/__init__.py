@@ -16,7 +16,10 @@ child is down and Fail naming the child; StandardScaler -> model -> OutlierDetec
 numpy, flags on planted outliers, the drift p-value falling when inputs shift, MinMaxScaler
 from a params file, a Python step; a stopped child (503 naming it, readiness off and back
 on), a hung child under a caller deadline and under the node's default timeout (504 naming
-it, no hang), a failing child (500) and a rejecting child (400); metadata, config and
+it, no hang), a failing child (500) and a rejecting child (400); a scripted gRPC child
+answering any status (test_backpressure.py): queue-full as 503 with the child's retry hint
+and readiness untouched, every other status as the node's matching one, failover skipping a
+child that is not ready, a hung child named at a 1 s gRPC deadline; metadata, config and
 statistics of a node through tritonclient; the pure parts (combine, bandits, feedback
 memory, state file, detectors) on their own.
 

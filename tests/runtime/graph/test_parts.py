@@ -53,6 +53,15 @@ def test_thompson_sampling_prefers_the_better_posterior_and_checks_rewards() -> 
         ThompsonSampling().check_reward(-0.5, "r")
 
 
+@pytest.mark.parametrize("policy", [EpsilonGreedy(0.1), ThompsonSampling()], ids=["epsilon", "thompson"])
+@pytest.mark.parametrize("reward", [1.5, -0.5, 1.0000001])
+def test_every_bandit_takes_rewards_in_0_1_only(policy: EpsilonGreedy | ThompsonSampling, reward: float) -> None:
+    with pytest.raises(InvalidInput, match=f"node 'r' .* between 0 and 1, got {reward}"):
+        policy.check_reward(reward, "r")
+    policy.check_reward(0.0, "r")
+    policy.check_reward(1.0, "r")
+
+
 def test_weighted_is_deterministic_under_a_seed_and_checks_its_weights() -> None:
     request = InferRequest("m", "", {}, {})
 

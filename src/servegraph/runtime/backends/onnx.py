@@ -30,13 +30,24 @@ _ORT_TO_V2 = {
 }
 
 
-def _providers(config: ModelConfig) -> list[str]:
+def _providers(config: ModelConfig) -> list[str | tuple[str, dict[str, str]]]:
+    """onnxruntime's providers for the config: CUDA on the instance group's GPU (``gpus``,
+    as the CUDA provider's ``device_id``) when there is one, else the CPU."""
     import onnxruntime as ort
 
     available = ort.get_available_providers()
     wants_cpu = all(group.kind == "KIND_CPU" for group in config.instance_group)
+    gpus = config.gpus  # at most one: ModelConfig refuses more
+    if gpus and "CUDAExecutionProvider" not in available:
+        raise RuntimeError(
+            f"instance_group gpus {gpus} asks for a GPU, but onnxruntime here has no"
+            f" CUDAExecutionProvider (available: {', '.join(available)})"
+        )
     if "CUDAExecutionProvider" in available and not wants_cpu:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        cuda: str | tuple[str, dict[str, str]] = (
+            ("CUDAExecutionProvider", {"device_id": str(gpus[0])}) if gpus else "CUDAExecutionProvider"
+        )
+        return [cuda, "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
 
 

@@ -33,6 +33,12 @@ class ArmStats:
         self.reward_sum += value
 
 
+def check_unit_reward(reward: float, node: str, policy: str) -> None:
+    """Every bandit takes rewards in [0, 1], as documented: one rule, one message."""
+    if not 0.0 <= reward <= 1.0:
+        raise InvalidInput(f"node '{node}' ({policy}) takes rewards between 0 and 1, got {reward}")
+
+
 class EpsilonGreedy:
     """Explore a uniformly random arm with probability ``epsilon``, else exploit the best mean.
 
@@ -53,7 +59,7 @@ class EpsilonGreedy:
         return best[0] if len(best) == 1 else best[int(rng.integers(len(best)))]
 
     def check_reward(self, reward: float, node: str) -> None:
-        """Any finite reward: the arm's mean is what it maximises."""
+        check_unit_reward(reward, node, "EpsilonGreedy")
 
 
 class ThompsonSampling:
@@ -71,10 +77,7 @@ class ThompsonSampling:
         return names[int(np.argmax(draws))]
 
     def check_reward(self, reward: float, node: str) -> None:
-        if not 0.0 <= reward <= 1.0:
-            raise InvalidInput(
-                f"node '{node}' (ThompsonSampling) takes rewards between 0 and 1, got {reward}"
-            )
+        check_unit_reward(reward, node, "ThompsonSampling")
 
 
 Bandit = EpsilonGreedy | ThompsonSampling

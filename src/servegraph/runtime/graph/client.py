@@ -5,16 +5,21 @@ through the public protocol. One client (one HTTP/2 channel) per child for the n
 lifetime, so calls reuse the connection. The caller's deadline travels as the gRPC deadline
 of every child call, less the time already spent: a child never works on an answer nobody
 waits for, and a node never waits past its caller. Failures come back as the child-naming
-errors of ``protocol.errors`` (503 down, 504 out of time, 400 rejected, 500 failed).
+errors of ``protocol.errors``, each child status as the node's matching status
+(``CHILD_STATUS``): 503 down, 503 busy with the child's retry hint, 504 out of time, 400
+rejected, 413, 403, UNIMPLEMENTED, 500 failed.
 """
 
 from __future__ import annotations
 
+import math
+import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
 import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.grpc.aio import InferenceServerClient
@@ -27,10 +32,14 @@ from tritonclient.utils import (
 from servegraph.runtime.graph.config import ChildEndpoint, TensorSignature
 from servegraph.runtime.protocol import parameters as params
 from servegraph.runtime.protocol.errors import (
+    ChildBusy,
     ChildDeadlineExceeded,
     ChildFailed,
+    ChildPermissionDenied,
     ChildRejected,
+    ChildResourceExhausted,
     ChildUnavailable,
+    ChildUnsupported,
     ServegraphError,
     UnknownRequestId,
     Unsupported,
@@ -53,12 +62,45 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
 """Channel arguments (tritonclient's own defaults are replaced wholesale when any are given)."""
 
 DEADLINE_RESERVE = 0.02
-"""Share of the remaining time (at most ``DEADLINE_RESERVE_MAX`` s) kept back from a child
-call, so that the node's own 504 naming the child reaches the caller before the caller's
-deadline fires and hides which child was slow."""
-DEADLINE_RESERVE_MAX = 0.010
+"""Share of the remaining time kept back from a child call (at least
+``DEADLINE_RESERVE_MIN`` s, at most half of what is left), so that the node's own 504 naming
+the child reaches the caller before the caller's deadline fires and hides which child was
+slow. Measured: a grpc.aio server sees a caller's deadline late by about 9 ms at 1-3 s and
+about 99 ms at 10 s (about 1 %), so the reserve must grow with the budget, not be capped at a
+few milliseconds."""
+DEADLINE_RESERVE_MIN = 0.050
+
+RETRY_PUSHBACK = "grpc-retry-pushback-ms"
+"""The trailer a busy server's UNAVAILABLE carries (gRPC's retry design, A6)."""
+
+DEFAULT_RETRY_AFTER = 1.0
+"""The retry hint passed back when a child says its queue is full without one (Triton)."""
+
+_QUEUE_FULL = re.compile(r"queue\b.*\bis full|queue full|exceeds maximum queue size", re.IGNORECASE)
+"""Queue-full answers without a retry trailer: servegraph's message, Triton's."""
 
 _NOT_FORWARDED = frozenset(TRITON_RESERVED_REQUEST_PARAMS)
+
+
+ChildErrorClass = Callable[..., ServegraphError]
+
+CHILD_STATUS: dict[str, tuple[str, ChildErrorClass]] = {
+    "UNAVAILABLE": ("is unavailable", ChildUnavailable),
+    "NOT_FOUND": ("is unavailable", ChildUnavailable),
+    "CANCELLED": ("is unavailable", ChildUnavailable),
+    "ABORTED": ("is unavailable", ChildUnavailable),
+    "INVALID_ARGUMENT": ("rejected the request", ChildRejected),
+    "OUT_OF_RANGE": ("rejected the request", ChildRejected),
+    "FAILED_PRECONDITION": ("rejected the request", ChildRejected),
+    "ALREADY_EXISTS": ("rejected the request", ChildRejected),
+    "RESOURCE_EXHAUSTED": ("ran out of resources", ChildResourceExhausted),
+    "UNIMPLEMENTED": ("does not implement the request", ChildUnsupported),
+    "PERMISSION_DENIED": ("refused the request", ChildPermissionDenied),
+    "UNAUTHENTICATED": ("refused the request", ChildPermissionDenied),
+}
+"""A child's gRPC status -> (what the message says, the node's error). UNAVAILABLE with a retry
+hint or a queue-full message is ``ChildBusy`` instead; any other status (INTERNAL, UNKNOWN,
+DATA_LOSS) is ``ChildFailed``, 500. DEADLINE_EXCEEDED is ``ChildDeadlineExceeded``."""
 
 
 @dataclass(slots=True)
@@ -104,6 +146,35 @@ def forwarded_headers(headers: Mapping[str, str], names: list[str]) -> dict[str,
     return forwarded
 
 
+def reserve(remaining: float) -> float:
+    """Seconds of ``remaining`` a node keeps back from a child call (``DEADLINE_RESERVE``)."""
+    return min(max(remaining * DEADLINE_RESERVE, DEADLINE_RESERVE_MIN), remaining / 2)
+
+
+def retry_hint(exc: BaseException) -> float | None:
+    """Seconds a busy child asked callers to wait (its ``grpc-retry-pushback-ms`` trailer).
+
+    tritonclient keeps only the status and message, but raises from inside its handler of
+    the grpc error, so that error (with its trailers) is the exception's context.
+    """
+    cause = exc.__context__
+    if not isinstance(cause, grpc.aio.AioRpcError):
+        return None
+    for key, value in cause.trailing_metadata() or ():
+        if key == RETRY_PUSHBACK and isinstance(value, str):
+            try:
+                millis = float(value)
+            except ValueError:
+                return None
+            return millis / 1000 if math.isfinite(millis) and millis >= 0 else None
+    return None
+
+
+def is_queue_full(message: str) -> bool:
+    """Whether an UNAVAILABLE answer says the child's queue is full (servegraph, Triton)."""
+    return _QUEUE_FULL.search(message) is not None
+
+
 def time_left(deadline: float | None) -> float | None:
     """Seconds until ``deadline`` (a ``time.monotonic()`` instant), or None for no deadline."""
     return None if deadline is None else deadline - time.monotonic()
@@ -136,7 +207,7 @@ class ChildClient:
             raise ChildDeadlineExceeded(
                 f"deadline passed before {self.where} could be called", child=self.name
             )
-        return remaining - min(remaining * DEADLINE_RESERVE, DEADLINE_RESERVE_MAX)
+        return remaining - reserve(remaining)
 
     async def infer(
         self,
@@ -164,7 +235,7 @@ class ChildClient:
         try:
             return await self._call(tensors, request_id, parameters or {}, timeout, headers)
         except InferenceServerException as exc:
-            raise self._error(exc.status() or "", exc.message() or str(exc), timeout) from None
+            raise self._error(exc, timeout) from None
 
     async def feedback(self, request_id: str, reward: float, deadline: float | None = None) -> ChildAnswer:
         """Pass a reward on to a child that is itself a node (a nested router).
@@ -182,7 +253,7 @@ class ChildClient:
                 raise UnknownRequestId(f"{self.where}: {message}") from None
             if status == "UNIMPLEMENTED":
                 raise Unsupported(f"{self.where}: {message}") from None
-            raise self._error(status, message, timeout) from None
+            raise self._error(exc, timeout) from None
 
     async def _call(
         self,
@@ -219,19 +290,30 @@ class ChildClient:
             datatypes[tensor.name] = tensor.datatype
         return ChildAnswer(outputs, datatypes, parameters_to_dict(response.parameters), response.id)
 
-    def _error(self, status: str, message: str, timeout: float | None) -> ServegraphError:
-        """The child's gRPC status as this node's error (R11: a hard dependency's status passes on)."""
-        status = status.removeprefix("StatusCode.")
+    def _error(self, exc: InferenceServerException, timeout: float | None) -> ServegraphError:
+        """The child's gRPC status as this node's matching error, naming the child (R11: a hard
+        dependency's status passes on)."""
+        status = (exc.status() or "").removeprefix("StatusCode.")
+        message = exc.message() or str(exc)
         if status == "DEADLINE_EXCEEDED":
             budget = "" if timeout is None else f" ({timeout * 1000:.0f} ms were left)"
             return ChildDeadlineExceeded(
                 f"{self.where} did not answer within the deadline{budget}: {message}", child=self.name
             )
-        if status in ("UNAVAILABLE", "NOT_FOUND", "CANCELLED"):
-            return ChildUnavailable(f"{self.where} is unavailable: {message}", child=self.name)
-        if status == "INVALID_ARGUMENT":
-            return ChildRejected(f"{self.where} rejected the request: {message}", child=self.name)
-        return ChildFailed(f"{self.where} failed ({status or 'no status'}): {message}", child=self.name)
+        if status == "UNAVAILABLE":
+            hint = retry_hint(exc)
+            if hint is not None or is_queue_full(message):
+                # Backpressure, not death: the child answered, so it is up.
+                return ChildBusy(
+                    f"{self.where} is busy: {message}",
+                    retry_after=DEFAULT_RETRY_AFTER if hint is None else hint,
+                    child=self.name,
+                )
+        make = CHILD_STATUS.get(status)
+        if make is None:
+            return ChildFailed(f"{self.where} failed ({status or 'no status'}): {message}", child=self.name)
+        what, cls = make
+        return cls(f"{self.where} {what}: {message}", child=self.name)
 
     async def is_ready(self, timeout: float) -> bool:
         """The child's model readiness; any failure to ask counts as not ready."""
@@ -251,7 +333,7 @@ class ChildClient:
                 self.endpoint.model, self.endpoint.version, as_json=True, client_timeout=timeout
             )
         except InferenceServerException as exc:
-            raise self._error(exc.status() or "", exc.message() or str(exc), timeout) from None
+            raise self._error(exc, timeout) from None
 
         def tensors(key: str) -> list[TensorSignature]:
             return [

@@ -36,7 +36,13 @@ from servegraph.runtime.graph.node import GraphNode, Signature
 from servegraph.runtime.metrics import ServerMetrics
 from servegraph.runtime.protocol import parameters as params
 from servegraph.runtime.protocol.datatypes import v2_datatype
-from servegraph.runtime.protocol.errors import ChildCallError, ChildFailed, ModelError, ServegraphError
+from servegraph.runtime.protocol.errors import (
+    ChildBusy,
+    ChildCallError,
+    ChildFailed,
+    ModelError,
+    ServegraphError,
+)
 from servegraph.runtime.protocol.types import InferRequest, InferResponse
 
 METHODS = ("Mean", "WeightedMean", "MajorityVote", "Concat", "Max")
@@ -225,6 +231,8 @@ class CombinerNode(GraphNode):
                 f"node '{self.node}' got answers from {len(answers)} of {len(tasks)} children, fewer than "
                 f"its quorum of {quorum}: " + "; ".join(e.message for e in failures.values())
             )
+            if isinstance(first, ChildBusy):  # backpressure keeps its retry hint
+                raise ChildBusy(message, first.retry_after, child=first_child)
             kind: type[ChildCallError] = type(first) if isinstance(first, ChildCallError) else ChildFailed
             raise kind(message, child=first_child)
         return answers, failures

@@ -21,6 +21,7 @@ from servegraph.runtime.graph.router import RouterNode
 from servegraph.runtime.graph.transformer import TransformerNode
 from servegraph.runtime.metrics import ServerMetrics
 from servegraph.runtime.protocol.errors import ModelNotFound
+from servegraph.runtime.protocol.versions import requested_version
 
 ROLES: dict[str, type[GraphNode]] = {
     "router": RouterNode,
@@ -61,7 +62,7 @@ class NodeHost:
     def get(self, name: str, version: str = "") -> GraphNode:
         if name != self.node.name:
             raise ModelNotFound(f"unknown model: '{name}'")
-        if version not in ("", VERSION):
+        if version and requested_version(version, name) != int(VERSION):
             raise ModelNotFound(f"unknown version '{version}' of model '{name}'; available: [{VERSION}]")
         return self.node
 

@@ -5,8 +5,10 @@ A node looks like one model to its callers: a name (the deployment's model name)
 what only a node has) and inference. Each role subclasses it and implements ``_infer``.
 
 Readiness is cached: a background task asks every child whether it is ready every
-``poll_interval`` seconds, and every child call updates the cache too (a refused call marks
-the child down at once). A node is ready only when every child is, and when it knows its
+``poll_interval`` seconds, and every child call updates the cache too (a child that cannot
+be reached, or says it cannot serve, is marked down at once). A busy child (its queue full)
+is not down: backpressure passes back to the caller as 503 with the child's retry hint and
+never changes readiness, or a node would leave its Service exactly when load is highest. A node is ready only when every child is, and when it knows its
 signature (declared in its config, else fetched from a child's metadata).
 """
 
@@ -26,6 +28,7 @@ from servegraph.runtime.graph.metrics import GraphMetrics
 from servegraph.runtime.metrics import ServerMetrics
 from servegraph.runtime.protocol import parameters as params
 from servegraph.runtime.protocol.errors import (
+    ChildBusy,
     ChildDeadlineExceeded,
     ChildRejected,
     ChildUnavailable,
@@ -55,6 +58,8 @@ def outcome_of(exc: BaseException) -> str:
     """The ``outcome`` label of a failed request."""
     if isinstance(exc, asyncio.CancelledError):
         return "cancelled"
+    if isinstance(exc, ChildBusy):
+        return "busy"
     if isinstance(exc, ChildUnavailable):
         return "unavailable"
     if isinstance(exc, InvalidInput):
@@ -67,6 +72,8 @@ def outcome_of(exc: BaseException) -> str:
 
 
 def _child_outcome(exc: ServegraphError) -> str:
+    if isinstance(exc, ChildBusy):
+        return "busy"
     if isinstance(exc, ChildUnavailable):
         return "unavailable"
     if isinstance(exc, ChildDeadlineExceeded):

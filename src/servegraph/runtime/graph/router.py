@@ -100,13 +100,22 @@ class RouterNode(GraphNode):
         )
 
     async def _serve_from(self, arm: str, request: InferRequest, request_id: str) -> tuple[ChildAnswer, str]:
-        """The chosen child's answer; with failover, another ready child's when it is down."""
-        try:
-            return await self.call(arm, request, request_id=request_id), arm
-        except ChildUnavailable as exc:
-            if not self.settings.failover:
-                raise
-            first = exc
+        """The chosen child's answer; with failover, another ready child's when it is down or
+        not ready (a hung child is not called at all: it would only use up the deadline).
+
+        A busy child (``ChildBusy``, its queue full) is not down: its 503 and retry hint pass
+        back to the caller, as a full queue of the node's own would.
+        """
+        first: ChildUnavailable | None = None
+        if self.settings.failover and not self.child_is_ready(arm):
+            first = ChildUnavailable(f"child '{arm}' of node '{self.node}' is not ready", child=arm)
+        else:
+            try:
+                return await self.call(arm, request, request_id=request_id), arm
+            except ChildUnavailable as exc:
+                if not self.settings.failover:
+                    raise
+                first = exc
         tried = [arm]
         for other in self.children:
             if other in tried or not self.child_is_ready(other):

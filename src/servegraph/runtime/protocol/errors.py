@@ -89,6 +89,16 @@ class ChildUnavailable(ChildCallError, ModelNotReady):
     """A graph node's child is down, not ready, unknown to its server, or refusing work."""
 
 
+class ChildBusy(ChildCallError, QueueFull):
+    """A child's queue is full: backpressure, passed back with the child's retry hint. The
+    child is up (it answered), so this never marks it down nor changes the node's readiness."""
+
+    def __init__(self, message: str, retry_after: float, child: str = "") -> None:
+        ServegraphError.__init__(self, message)
+        self.retry_after = retry_after
+        self.child = child
+
+
 class ChildDeadlineExceeded(ChildCallError, DeadlineExceeded):
     """The caller's deadline passed while (or before) a graph node waited on a child."""
 
@@ -101,12 +111,24 @@ class ChildFailed(ChildCallError, ModelError):
     """A child failed (its model raised, or it answered something unusable)."""
 
 
+class ChildResourceExhausted(ChildCallError, PayloadTooLarge):
+    """A child answered RESOURCE_EXHAUSTED (a message over its size limit, say)."""
+
+
+class ChildUnsupported(ChildCallError, Unsupported):
+    """A child does not implement what the request asks (UNIMPLEMENTED)."""
+
+
 class UnknownRequestId(ModelNotFound):
     """Feedback names a request id the router does not remember (never seen, or forgotten)."""
 
 
 class PermissionDenied(ServegraphError):
     """An endpoint this server's settings switch off (model control, as Triton's mode none)."""
+
+
+class ChildPermissionDenied(ChildCallError, PermissionDenied):
+    """A child refused the call as not permitted (PERMISSION_DENIED, UNAUTHENTICATED)."""
 
 
 MODEL_CONTROL_DISABLED = (
@@ -129,9 +151,13 @@ ERROR_TABLE: dict[type[ServegraphError], tuple[int, Code]] = {
     Unsupported: (400, Code.UNIMPLEMENTED),
     PermissionDenied: (403, Code.PERMISSION_DENIED),
     ChildUnavailable: (503, Code.UNAVAILABLE),
+    ChildBusy: (503, Code.UNAVAILABLE),
     ChildDeadlineExceeded: (504, Code.DEADLINE_EXCEEDED),
     ChildRejected: (400, Code.INVALID_ARGUMENT),
     ChildFailed: (500, Code.INTERNAL),
+    ChildResourceExhausted: (413, Code.RESOURCE_EXHAUSTED),
+    ChildUnsupported: (400, Code.UNIMPLEMENTED),
+    ChildPermissionDenied: (403, Code.PERMISSION_DENIED),
     UnknownRequestId: (404, Code.NOT_FOUND),
 }
 """(HTTP status, canonical code) per error class: the one table both transports answer from."""

@@ -39,6 +39,8 @@ def parse_reward(value: Any) -> float:
     """A reward as a float: a finite number (a numeric string is accepted from gRPC's string_param)."""
     if isinstance(value, str):
         try:
+            if not value.isascii():  # float() reads Unicode digits ("١" as 1.0) too
+                raise ValueError(value)
             value = float(value)
         except ValueError:
             raise InvalidInput(f"reward must be a number, got {value!r}") from None

@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from servegraph.runtime.config import ModelConfig, VersionPolicy
+from servegraph.runtime.protocol.versions import is_version_name
 from servegraph.runtime.triton_config import parse_pbtxt
 
 CONFIG_FILES = ("config.yaml", "config.yml", "config.pbtxt")
@@ -48,7 +49,7 @@ def scan(root: Path) -> dict[str, ModelDir]:
         versions = {
             int(v.name): _newest_mtime(v)
             for v in path.iterdir()
-            if v.is_dir() and v.name.isdigit()
+            if v.is_dir() and is_version_name(v.name)
         }
         models[path.name] = ModelDir(
             name=path.name,

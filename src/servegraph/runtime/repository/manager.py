@@ -19,6 +19,7 @@ from servegraph.runtime.config import ModelConfig
 from servegraph.runtime.metrics import ServerMetrics
 from servegraph.runtime.model import ServedModel
 from servegraph.runtime.protocol.errors import ModelNotFound, ModelNotReady
+from servegraph.runtime.protocol.versions import requested_version
 from servegraph.runtime.repository.layout import ModelDir, read_config, scan, select_versions
 from servegraph.runtime.triton_config import to_json
 
@@ -75,12 +76,13 @@ class ModelRepository:
         if entry is None:
             raise ModelNotFound(f"unknown model: '{name}'")
         if version:
-            if not version.isdigit() or int(version) not in entry.versions:
+            number = requested_version(version, name)
+            if number not in entry.versions:
                 raise ModelNotFound(
                     f"unknown version '{version}' of model '{name}'; "
                     f"available: {sorted(entry.versions)}"
                 )
-            ve = entry.versions[int(version)]
+            ve = entry.versions[number]
             if ve.state is not State.READY or ve.served is None:
                 raise ModelNotReady(
                     f"model '{name}' version {version} is not ready: {ve.state.value}"

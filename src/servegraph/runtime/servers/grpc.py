@@ -1,8 +1,13 @@
 """The v2 gRPC transport: ``inference.GRPCInferenceService`` on grpc.aio.
 
-Served with the stubs that ship in ``tritonclient.grpc`` (no hand-written protos). A
+Served with the messages that ship in ``tritonclient.grpc`` (no hand-written protos). A
 caller's gRPC deadline becomes the request's deadline; a full queue answers UNAVAILABLE
 with the standard ``grpc-retry-pushback-ms`` trailer so retry policies back off.
+
+Handlers are registered with raw bytes in (``request_deserializer=None``) and parse the
+message themselves, so an undecodable message answers INVALID_ARGUMENT naming the problem
+rather than grpc's UNKNOWN "Unexpected DecodeError"; one boundary around every handler
+answers our errors from the table and logs anything else as INTERNAL with its message.
 """
 
 from __future__ import annotations
@@ -10,11 +15,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn
 
 import grpc
 from google.protobuf import json_format
+from google.protobuf.message import DecodeError
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
@@ -23,6 +29,7 @@ from servegraph.runtime.dataplane import DataPlane
 from servegraph.runtime.protocol import grpc_codec
 from servegraph.runtime.protocol.errors import (
     MODEL_CONTROL_DISABLED,
+    InvalidInput,
     PermissionDenied,
     QueueFull,
     ServegraphError,
@@ -50,6 +57,14 @@ def _unexpected(exc: Exception, method: str) -> ServegraphError:
     """A bug, not the caller's fault: log it and answer INTERNAL (grpc's default is UNKNOWN)."""
     log.exception("unexpected error in %s", method)
     return ServegraphError(f"internal server error: {type(exc).__name__}: {exc}")
+
+
+def _parse(message_type: Any, raw: bytes) -> Any:
+    """``raw`` as a ``message_type``; a message protobuf cannot decode is the caller's fault."""
+    try:
+        return message_type.FromString(raw)
+    except DecodeError as exc:
+        raise InvalidInput(f"malformed {message_type.DESCRIPTOR.name} message: {exc}") from None
 
 
 def _metadata(context: grpc.aio.ServicerContext) -> dict[str, Any]:
@@ -133,7 +148,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
         """Requests on one stream run concurrently; each answer (or error) is sent when ready."""
-        answers: asyncio.Queue[Any] = asyncio.Queue()
+        answers: asyncio.Queue[Any] = asyncio.Queue()  # responses, then None or the error ending it
         tasks: set[asyncio.Task[None]] = set()
 
         async def one(request: Any) -> None:
@@ -151,21 +166,77 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
                 )
 
         async def read() -> None:
-            async for request in request_iterator:
-                task = asyncio.get_running_loop().create_task(one(request))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-            await asyncio.gather(*list(tasks))
-            await answers.put(None)
+            """Start one task per message; always end the answer stream, with an error if the
+            requests cannot be read (an undecodable message ends the stream INVALID_ARGUMENT)."""
+            failure: ServegraphError | None = None
+            try:
+                async for raw in request_iterator:
+                    task = asyncio.get_running_loop().create_task(one(_parse(pb.ModelInferRequest, raw)))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+            except ServegraphError as exc:
+                failure = exc
+            except Exception as exc:
+                failure = _unexpected(exc, "ModelStreamInfer")
+            finally:
+                # Earlier messages are still answered, then the stream ends (with its status).
+                await asyncio.gather(*list(tasks), return_exceptions=True)
+                await answers.put(failure if failure is not None else None)
 
         reader = asyncio.get_running_loop().create_task(read())
         try:
             while (answer := await answers.get()) is not None:
+                if isinstance(answer, ServegraphError):
+                    await _abort(context, answer)
                 yield answer
         finally:
             reader.cancel()
             for task in list(tasks):
                 task.cancel()
+
+
+Unary = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+def _unary(method: Unary, request_type: Any, name: str) -> Unary:
+    """Parse the raw request, call ``method``, and be the one exception boundary of the RPC."""
+
+    async def handler(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+        # Abort outside the try: context.abort raises an exception that must not be caught here.
+        try:
+            return await method(_parse(request_type, raw), context)
+        except grpc.aio.AbortError:
+            raise
+        except ServegraphError as exc:
+            error = exc
+        except Exception as exc:
+            error = _unexpected(exc, name)
+        await _abort(context, error)
+
+    return handler
+
+
+def _handlers(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
+    """Every RPC the servicer implements, taking raw bytes; the rest answer UNIMPLEMENTED."""
+    service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    for method in service.methods:
+        if method.name not in vars(InferenceServicer):
+            continue  # shared memory, trace and log settings: grpc answers UNIMPLEMENTED
+        request_type = getattr(pb, method.input_type.name)
+        serialize = getattr(pb, method.output_type.name).SerializeToString
+        implementation = getattr(servicer, method.name)
+        if method.client_streaming:
+            handlers[method.name] = grpc.stream_stream_rpc_method_handler(
+                implementation, request_deserializer=None, response_serializer=serialize
+            )
+        else:
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                _unary(implementation, request_type, method.name),
+                request_deserializer=None,
+                response_serializer=serialize,
+            )
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)
 
 
 def create_server(dataplane: DataPlane, address: str) -> tuple[grpc.aio.Server, int]:
@@ -177,7 +248,7 @@ def create_server(dataplane: DataPlane, address: str) -> tuple[grpc.aio.Server, 
             ("grpc.so_reuseport", 0),
         ]
     )
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane), server)
+    server.add_generic_rpc_handlers((_handlers(InferenceServicer(dataplane)),))
     port = server.add_insecure_port(address)
     return server, port
 

@@ -11,9 +11,11 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 
 import orjson
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 
 from servegraph.runtime.dataplane import DataPlane
 from servegraph.runtime.protocol import rest_codec
@@ -68,14 +70,55 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return error_response(ServegraphError(f"internal server error: {type(exc).__name__}: {exc}"))
 
 
+class _JsonErrorHandler(RequestHandler):
+    """aiohttp's connection handler, answering what its parser refuses (a bad request line,
+    URL bytes, chunk size or Content-Length, an unknown method) as ``{"error": str}``
+    instead of its plain-text page. The app's middleware never sees those requests."""
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        super().handle_error(request, status, exc, message)  # logs it; raises if already answering
+        try:
+            phrase = HTTPStatus(status).phrase
+        except ValueError:
+            phrase = "Error"
+        detail = (message or "").strip() or (str(exc) if exc is not None else "") or phrase
+        response = _json({"error": f"{phrase}: {detail}"}, status=status)
+        response.force_close()  # as aiohttp's own page: the stream may be out of step
+        return response
+
+
+class _JsonErrorServer(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _JsonErrorHandler(self, loop=self._loop, **self._kwargs)
+
+
+class AppRunner(web.AppRunner):
+    """``web.AppRunner`` whose connections answer parser errors as JSON (``_JsonErrorHandler``).
+
+    aiohttp offers no hook for those answers, so the server it builds is given the one
+    method that names the connection handler's class.
+    """
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _JsonErrorServer
+        return server
+
+
 def _integer_header(request: web.Request, name: str) -> int | None:
     value = request.headers.get(name)
     if value is None:
         return None
-    try:
-        return int(value)
-    except ValueError:
-        raise InvalidInput(f"{name} must be an integer, got {value!r}") from None
+    # int() also reads Unicode digits ("٣" as 3), spaces and underscores: only ASCII digits.
+    if not (value.isascii() and value.strip().lstrip("-").isdigit()):
+        raise InvalidInput(f"{name} must be an integer, got {value!r}")
+    return int(value)
 
 
 def _timeout_header(request: web.Request) -> float | None:
@@ -83,12 +126,30 @@ def _timeout_header(request: web.Request) -> float | None:
     if value is None:
         return None
     try:
+        if not value.isascii():  # float() reads Unicode digits too
+            raise ValueError(value)
         timeout = float(value)
     except ValueError:
         raise InvalidInput(f"{TIMEOUT_HEADER} must be a number, got {value!r}") from None
     if not math.isfinite(timeout) or timeout < 0:
         raise InvalidInput(f"{TIMEOUT_HEADER} must be a finite, non-negative number, got {value!r}")
     return timeout
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    """The whole body: over ``limit`` is 413, and a body aiohttp cannot read (a
+    Content-Encoding that does not match it, a broken chunk) is the caller's fault, 400."""
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"request body of {request.content_length} bytes is over the {limit}-byte limit")
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLarge(f"request body is over the {limit}-byte limit") from None
+    except web.RequestPayloadError as exc:
+        cause = exc.__cause__ or exc
+        encoding = request.headers.get("Content-Encoding")
+        where = f" (Content-Encoding: {encoding})" if encoding else ""
+        raise InvalidInput(f"unreadable request body{where}: {cause}") from None
 
 
 def _version(request: web.Request) -> str:
@@ -124,7 +185,7 @@ def create_app(dataplane: DataPlane) -> web.Application:
 
     async def repository_index(request: web.Request) -> web.Response:
         ready_only = False
-        body = await request.read()
+        body = await _read_body(request, limit)
         if body:
             try:
                 options = orjson.loads(body)
@@ -138,14 +199,7 @@ def create_app(dataplane: DataPlane) -> web.Application:
 
     async def infer(request: web.Request) -> web.Response:
         arrived = time.monotonic()
-        if request.content_length is not None and request.content_length > limit:
-            raise PayloadTooLarge(
-                f"request body of {request.content_length} bytes is over the {limit}-byte limit"
-            )
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise PayloadTooLarge(f"request body is over the {limit}-byte limit") from None
+        body = await _read_body(request, limit)
         length = _integer_header(request, rest_codec.HEADER_LENGTH)
         timeout_ms = _timeout_header(request)
         decoded = rest_codec.decode_request(body, length, request.match_info["model"], _version(request))
@@ -164,7 +218,7 @@ def create_app(dataplane: DataPlane) -> web.Application:
 
     async def feedback(request: web.Request) -> web.Response:
         """A reward for an earlier request to a graph node: ``{"id": str, "reward": number}``."""
-        body = await request.read()
+        body = await _read_body(request, limit)
         try:
             payload = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
