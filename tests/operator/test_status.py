@@ -85,6 +85,7 @@ def test_ready_needs_every_node_and_the_entrypoint() -> None:
     rolling = node_state("r", "router", "", deployment(updated=1), [])
     conditions = {c.type: c for c in graph_conditions([good, rolling], "r")}
     assert (conditions["Ready"].status, conditions["Progressing"].status, conditions["Degraded"].status) == (False, True, False)
+    assert (conditions["Reconciling"].status, conditions["Stalled"].status) == (True, False)  # kstatus: InProgress
     conditions = {c.type: c for c in graph_conditions([good], "a")}
     assert conditions["Ready"] == Wanted("Ready", True, "AllNodesReady", "1/1 nodes ready")
 
@@ -103,7 +104,9 @@ def test_an_unchanged_status_is_not_written() -> None:
     status = {"observedGeneration": 4, "conditions": conditions, "url": "u"}
     assert status_patch(status, dict(status)) is None
     assert status_patch(status, {**status, "observedGeneration": 5}) is not None
-    assert {c["type"] for c in conditions} == {"Ready", "Progressing", "Degraded", "InvalidSpec"}
+    assert {c["type"] for c in conditions} == {"Ready", "Progressing", "Degraded", "InvalidSpec", "Reconciling", "Stalled"}
+    stalled = next(c for c in conditions if c["type"] == "Stalled")
+    assert stalled["status"] == "True" and stalled["reason"] == "InvalidSpec"
 
 
 def test_live_objects_with_server_defaults_are_the_same() -> None:

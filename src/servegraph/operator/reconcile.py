@@ -131,11 +131,12 @@ class Reconciler:
         wanted = graph_conditions(states, deployment.spec.entrypoint)
         if outcome.conflicts:
             message = "; ".join(outcome.conflicts)
-            wanted = [
-                Wanted("Ready", False, "ChildConflict", message),
-                wanted[1],
-                Wanted("Degraded", True, "ChildConflict", message),
-            ]
+            conflict = {
+                "Ready": Wanted("Ready", False, "ChildConflict", message),
+                "Degraded": Wanted("Degraded", True, "ChildConflict", message),
+                "Stalled": Wanted("Stalled", True, "ChildConflict", message),
+            }
+            wanted = [conflict.get(w.type, w) for w in wanted]
         ready = sum(1 for s in states if s.complete)
         extra = {
             "nodes": [s.to_status() for s in states],

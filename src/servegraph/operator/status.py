@@ -2,7 +2,9 @@
 
 Conditions follow ``metav1.Condition`` and kstatus, so ``kubectl wait
 --for=condition=Ready``, Argo CD and Flux read them: ``Ready``, ``Progressing`` and
-``Degraded`` always, ``InvalidSpec`` while the spec cannot be served. ``lastTransitionTime``
+``Degraded`` always, ``InvalidSpec`` while the spec cannot be served, and kstatus' own
+abnormal-true pair, ``Reconciling`` (as Progressing) and ``Stalled`` (as Degraded), so
+tools that know only kstatus (Flux's health checks, cli-utils) need no configuration. ``lastTransitionTime``
 moves only when a condition's status flips, so an unchanged world gives an unchanged
 status and the operator writes nothing.
 """
@@ -122,6 +124,17 @@ class Wanted:
     message: str
 
 
+def with_kstatus(conditions: list[Wanted]) -> list[Wanted]:
+    """Add kstatus' Reconciling and Stalled, mirroring Progressing and Degraded."""
+    by_type = {c.type: c for c in conditions}
+    progressing, degraded = by_type["Progressing"], by_type["Degraded"]
+    return [
+        *conditions,
+        Wanted("Reconciling", progressing.status, progressing.reason, progressing.message),
+        Wanted("Stalled", degraded.status, degraded.reason, degraded.message),
+    ]
+
+
 def graph_conditions(nodes: Sequence[NodeState], entrypoint: str) -> list[Wanted]:
     """Ready, Progressing and Degraded for a valid spec, from its nodes' states."""
     failed = [n for n in nodes if n.reason in FAILURES]
@@ -150,17 +163,17 @@ def graph_conditions(nodes: Sequence[NodeState], entrypoint: str) -> list[Wanted
             "; ".join(f"node '{n.name}': {n.reason}: {n.message}" for n in failed) if failed else "no node is failing",
         ),
     ]
-    return conditions
+    return with_kstatus(conditions)
 
 
 def invalid_conditions(message: str) -> list[Wanted]:
     """A spec the operator cannot accept: nothing running was changed, nothing will be retried."""
-    return [
+    return with_kstatus([
         Wanted("Ready", False, "InvalidSpec", message),
         Wanted("Progressing", False, "InvalidSpec", "the spec is invalid; fix it and apply again"),
         Wanted("Degraded", True, "InvalidSpec", message),
         Wanted("InvalidSpec", True, "InvalidSpec", message),
-    ]
+    ])
 
 
 def next_conditions(previous: Sequence[Object], wanted: Sequence[Wanted], generation: int, now: str) -> list[Object]:

@@ -179,6 +179,28 @@ async def test_ready_after_the_rollout_and_an_unchanged_world_writes_nothing(
         assert emulator.writes()[before:] == []
 
 
+async def test_reapplying_the_same_manifest_makes_the_operator_write_nothing(
+    emulator: ServegraphEmulator, run_operator: OperatorRunner, reconciler: Reconciler
+) -> None:
+    """GitOps: another manager applies what Git holds again (new annotations, same spec)."""
+    async with operating(run_operator, reconciler):
+        await converged(emulator)
+        writes = len(emulator.writes())
+        reads = sum(1 for c in emulator.calls if c.verb == "get" and c.resource == "modeldeployments")
+        emulator.patch_object(
+            MODELDEPLOYMENTS, NS, "graph",
+            {"metadata": {"annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{...}"}},
+             "spec": copy.deepcopy(GRAPH["spec"])},
+        )  # fmt: skip
+        await eventually(
+            lambda: sum(1 for c in emulator.calls if c.verb == "get" and c.resource == "modeldeployments") > reads,
+            what="a reconcile of the re-applied object",
+        )
+        await settled(emulator)
+        assert emulator.writes()[writes:] == []
+        assert mdep(emulator)["metadata"]["generation"] == 1
+
+
 async def test_a_changed_node_patches_only_its_own_deployment(
     emulator: ServegraphEmulator, run_operator: OperatorRunner, reconciler: Reconciler
 ) -> None:
