@@ -29,6 +29,9 @@ COPY --from=build /wheels /wheels
 # onnx-gpu, never onnx: both provide the `onnxruntime` module.
 RUN pip install --no-cache-dir "$(ls /wheels/servegraph-*.whl)[onnx-gpu,s3,gcs]" \
     && rm -rf /wheels
+# The examples, so a relative storageUri (examples/graphs/, written for `servegraph run`)
+# also serves in a cluster: the operator resolves those here.
+COPY examples/graphs /opt/servegraph/examples/graphs
 USER 65532:65532
 WORKDIR /tmp
 EXPOSE 8000 8001 8002

@@ -21,6 +21,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir "$(ls /wheels/servegraph-*.whl)[onnx,s3,gcs]" \
     && rm -rf /wheels
+# The examples, so a ModelDeployment with a relative storageUri (as examples/graphs/ has,
+# written for `servegraph run`) also serves in a cluster: the operator resolves those here.
+COPY examples/graphs /opt/servegraph/examples/graphs
 # A numeric non-root user, so "runAsNonRoot" can be verified by the kubelet (PSS restricted).
 USER 65532:65532
 WORKDIR /tmp
