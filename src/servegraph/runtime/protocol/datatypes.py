@@ -66,9 +66,9 @@ MAX_ELEMENTS = 1 << 40
 
 def element_count(shape: tuple[int, ...] | list[int], where: str = "") -> int:
     """prod(shape), refusing negative dims and absurd sizes instead of overflowing."""
-    of = f" of {where}" if where else ""
     for dim in shape:
         if not isinstance(dim, int) or isinstance(dim, bool) or dim < 0:
+            of = f" of {where}" if where else ""
             raise InvalidInput(f"shape {list(shape)}{of} has an invalid dimension {dim!r}")
     count = 1
     for dim in shape:
@@ -77,6 +77,7 @@ def element_count(shape: tuple[int, ...] | list[int], where: str = "") -> int:
         # shape from costing bignum arithmetic.
         count *= max(dim, 1)
         if count > MAX_ELEMENTS:
+            of = f" of {where}" if where else ""
             raise InvalidInput(f"shape {list(shape)}{of} is too large: over {MAX_ELEMENTS} elements")
     return 0 if 0 in shape else count
 
