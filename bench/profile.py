@@ -285,6 +285,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     p.add_argument("--no-spy", action="store_true", help="only /proc CPU totals, no py-spy breakdown")
     p.add_argument("--keep", action="store_true", help="copy py-spy's raw stacks to bench/results/")
+    p.add_argument("--src", type=Path, default=ROOT / "src",
+                   help="the servegraph source tree to serve (A/B: a copy of another commit's src/)")
     p.add_argument("--config", type=Path, default=None, help="a config.yaml to use instead of the example's")
     args = p.parse_args(argv)
     args.protocols = [x for x in args.protocols.split(",") if x]
@@ -304,10 +306,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.config is not None:
             shutil.copy(args.config, workdir / "repo" / "mlp" / "config.yaml")
         # This checkout's code, not whatever servegraph the interpreter has installed.
-        env = {**launch.env, "PYTHONPATH": str(ROOT / "src")}
+        env = {**launch.env, "PYTHONPATH": str(args.src.resolve())}
         server = procs.start_server("servegraph", launch.cmd, workdir / "server.log", env=env)
         try:
             procs.wait_ready(server, ports.http, 120.0)
+            log(f"server log: {workdir / 'server.log'}")
             windows = [profile_protocol(proto, ports, server.pid, args, workdir) for proto in args.protocols]
         finally:
             server.stop()
