@@ -12,16 +12,16 @@ execution, and choose batch sizes from it:
   beats dispatching now.
 
 A saturated core changes the sums. The front end (transport, decoding, answering) shares the
-core with the model; when the front end uses at least ``SATURATED`` of the core (measured
+core with the model. When the front end uses at least ``SATURATED`` of the core (measured
 from the event loop's CPU time, or the arrival rate times its CPU per row), or half that
-while callers keep half a full batch queued, a small batch dispatched early steals CPU the front end needed and
-buys nothing: the rows it leaves behind arrive anyway, just later. So while the core is
-saturated *and rows are still streaming in* (the last one came, or the instance went idle,
-within ``STREAM_GAPS`` rows' worth of front-end work), the window stretches to the time the
-front end needs to bring a full batch (counted from when the instance went idle), and the
-instance's idle time costs nothing: the front end is using the core meanwhile. When
-arrivals pause, the plain window applies; and no policy waits for more rows than the
-callers can have queued (a closed loop of few callers).
+while callers keep over half a full batch queued, a small batch dispatched early steals CPU
+the front end needed and buys nothing: the rows it leaves behind arrive anyway, just later.
+So while the core is saturated *and rows are still streaming in* (the last one came, or the
+instance went idle, within ``STREAM_GAPS`` rows' worth of front-end work), the window
+stretches to the time the front end needs to bring a full batch (counted from when the
+instance went idle), and the instance's idle time costs nothing: the front end is using the
+core meanwhile. When arrivals pause, the plain window applies; and no policy waits for more
+rows than the callers can have queued (a closed loop of few callers).
 
 The curve is monotone: n rows never cost more than a measured bigger batch (they could be
 padded to it), so one slow execution of a rarely seen size cannot make that size look
@@ -93,7 +93,7 @@ def bucket_ceiling(rows: int, buckets: list[int]) -> int:
     return buckets[i] if i < len(buckets) else rows
 
 
-SATURATED = 0.4
+SATURATED = 0.5
 """The share of a core the front end uses (measured, or arrival rate × front-end CPU per row)
 from which the core counts as saturated: the model has at most the other half."""
 STREAM_GAPS = 3.0
@@ -181,9 +181,9 @@ def plan_batch(
     load = arrival_rate * frontend_cost if frontend_load is None else frontend_load
     idle_from = first_arrival if idle_since is None else max(idle_since, first_arrival)
     last_event = idle_from if last_arrival is None else max(last_arrival, idle_from)
-    # Callers that keep half a full batch queued while the front end is busy at all saturate
+    # Callers that keep over half a full batch queued while the front end is busy at all saturate
     # the core too: on a machine shared with other work the front end's share reads low.
-    crowded = reachable_rows is not None and 2 * reachable_rows >= policy.max_rows and load >= SATURATED / 2
+    crowded = reachable_rows is not None and 2 * reachable_rows > policy.max_rows and load >= SATURATED / 2
     if (load >= SATURATED or crowded) and now < last_event + STREAM_GAPS * frontend_cost:
         # Saturated and still streaming: waiting lets the front end use the core.
         window_end = max(window_end, idle_from + min(policy.max_rows * frontend_cost, MAX_STRETCH))
