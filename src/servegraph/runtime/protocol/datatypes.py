@@ -123,15 +123,25 @@ def tensor_from_buffer(
     buffer: bytes | memoryview, datatype: str, shape: tuple[int, ...], name: str, model: str = ""
 ) -> np.ndarray:
     """Wrap raw little-endian tensor bytes without copying; check the byte size exactly."""
-    where = describe_input(name, model)
-    count = element_count(shape, where)
+    count = 1
+    for dim in shape:  # the common case (positive int dims) without building a message
+        if type(dim) is not int or dim <= 0:
+            count = element_count(shape, describe_input(name, model))
+            break
+        count *= dim
+    else:
+        if count > MAX_ELEMENTS:
+            element_count(shape, describe_input(name, model))  # raises, naming the input
     if datatype == "BYTES":
         return deserialize_bytes(buffer, count, name, model).reshape(shape)
-    dtype = numpy_dtype(datatype, where)
+    dtype = V2_TO_NUMPY.get(datatype)
+    if dtype is None:
+        numpy_dtype(datatype, describe_input(name, model))  # raises, naming the input
+        raise AssertionError("unreachable")
     expected = count * dtype.itemsize
     if len(buffer) != expected:
         raise InvalidInput(
-            f"input byte size mismatch for {where}: expected {expected} bytes "
+            f"input byte size mismatch for {describe_input(name, model)}: expected {expected} bytes "
             f"for shape {list(shape)} of {datatype}, got {len(buffer)}"
         )
     return np.frombuffer(buffer, dtype=dtype).reshape(shape)
