@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import urllib.request
 from pathlib import Path
 
 import yaml
@@ -115,6 +116,13 @@ CLIENT = textwrap.dedent('''\
 ''') % {"width": WIDTH}
 
 
+def entrypoint_model(http_port: int) -> str:
+    """The name the entrypoint serves (a model node: its model; a graph node: the deployment)."""
+    request = urllib.request.Request(f"http://127.0.0.1:{http_port}/v2/repository/index", data=b"{}", method="POST")
+    with urllib.request.urlopen(request, timeout=5) as resp:
+        return str(json.loads(resp.read())[0]["name"])
+
+
 def measure(manifest: Path, hops: int, concurrencies: list[int], requests: int, workdir: Path) -> dict[int, dict]:
     http, grpc_port, metrics = free_port(), free_port(), free_port()
     cmd = [sys.executable, "-m", "servegraph", "run", str(manifest), "--http-port", str(http),
@@ -124,7 +132,7 @@ def measure(manifest: Path, hops: int, concurrencies: list[int], requests: int, 
     results: dict[int, dict] = {}
     try:
         procs.wait_ready(server, http, 180.0)
-        model = "hop1" if hops else "model"
+        model = entrypoint_model(http)
         for c in concurrencies:
             proc = subprocess.run(
                 ["taskset", "-c", procs.CLIENT_CORE, sys.executable, "-c", CLIENT, str(grpc_port), model,
