@@ -143,3 +143,17 @@ def test_many_callers_on_a_shared_machine_count_as_saturation() -> None:
                   frontend_load=0.3, last_arrival=now, idle_since=now)
     assert plan_batch(POLICY, PEERS_CURVE, 12, reachable_rows=30, **common).rows == 0
     assert plan_batch(POLICY, PEERS_CURVE, 12, reachable_rows=12, **common).rows > 0
+
+
+def test_a_saturated_core_waits_for_as_many_rows_as_the_callers_have() -> None:
+    """30 callers in flight: the batch to wait for is 30 rows, not a 32 that never fills."""
+    now = 0.010
+    plan = plan_batch(
+        POLICY, PEERS_CURVE, 24, first_arrival=0.0, now=now, arrival_rate=1 / FRONTEND,
+        frontend_cost=FRONTEND, last_arrival=now, reachable_rows=30, idle_since=now,
+    )
+    assert plan.rows == 0 and plan.wait_until <= now + 6 * FRONTEND + 1e-9
+    assert plan_batch(
+        POLICY, PEERS_CURVE, 30, first_arrival=0.0, now=now, arrival_rate=1 / FRONTEND,
+        frontend_cost=FRONTEND, last_arrival=now, reachable_rows=30, idle_since=now,
+    ) == Plan(30)

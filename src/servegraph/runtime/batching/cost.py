@@ -150,10 +150,11 @@ def plan_batch(
 
     ``arrival_rate`` is rows per second; ``frontend_cost`` the event loop's CPU seconds per
     row outside the model (0: unknown); ``frontend_load`` the share of a core the front end
-    has been using (None: ``arrival_rate * frontend_cost``); ``last_arrival`` when the newest row arrived;
-    ``reachable_rows`` how many rows the callers can have queued at once (None: unknown), so
-    a closed loop of 4 callers never waits for an 8-row batch; ``idle_since`` when this
-    instance started looking for work (None: at ``first_arrival``).
+    has been using (None: ``arrival_rate * frontend_cost``); ``last_arrival`` when the
+    newest row arrived; ``reachable_rows`` how many rows the callers can have queued at once
+    (None: unknown), so a closed loop of 4 callers never waits for an 8-row batch and 30
+    callers are waited for as 30 rows, not 32; ``idle_since`` when this instance started
+    looking for work (None: at ``first_arrival``).
     """
     cap = min(queued_rows, policy.max_rows)
     if cap >= policy.max_rows:
@@ -190,11 +191,13 @@ def plan_batch(
         idle_share = 0.0  # rows keep coming: the front end is using the core meanwhile
         wake_by = last_event + STREAM_GAPS * frontend_cost
     if now < window_end and arrival_rate > 0:
-        for target in policy.candidate_sizes():
+        targets = policy.candidate_sizes()
+        if reachable_rows is not None:
+            # No more rows than the callers have had in flight lately: the rest will not come.
+            targets = sorted({min(t, reachable_rows) for t in targets})
+        for target in targets:
             if target <= cap:
                 continue
-            if reachable_rows is not None and target > reachable_rows:
-                break  # more rows than the callers have had in flight lately: they will not come
             wait = (target - queued_rows) / arrival_rate
             if now + wait > window_end:
                 break
