@@ -113,6 +113,7 @@ class DynamicBatcher:
         self._frontend_load = 0.0  # EWMA share of a core the event loop used, batch to batch
         self._cpu_mark: tuple[float, float, int] | None = None  # (loop CPU, monotonic, rows arrived) at the last batch
         self._idle_since = -1.0  # when a free instance first looked for work (-1: not yet)
+        self._rows_short = 0  # rows still missing from the batch a free instance waits for
         self._running_requests = 0
         self._peak_requests = 0.0  # decaying peak of requests queued + running
 
@@ -153,9 +154,11 @@ class DynamicBatcher:
         if in_batcher > self._peak_requests:
             self._peak_requests = in_batcher
         self.metrics.queue_depth.set(len(self._pending))
-        if self._free or item.deadline != math.inf:
+        self._rows_short -= item.rows
+        if (self._free and self._rows_short <= 0) or item.deadline != math.inf:
             # With every instance busy the loop has nothing to plan until one frees up (which
-            # wakes it); a deadline may need an earlier timer.
+            # wakes it), nor while the batch a free one waits for is short of rows (its timer
+            # re-plans); a deadline may need an earlier timer.
             self._wake.set()
         return await item.future
 
@@ -322,7 +325,9 @@ class DynamicBatcher:
             idle_since=self._idle_since,
         )
         if plan.rows == 0:
+            self._rows_short = plan.target - queued_rows
             return [], plan.wait_until
+        self._rows_short = 0
         batch: list[_Pending] = []
         rows = 0
         for item in group:

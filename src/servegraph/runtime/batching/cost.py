@@ -108,6 +108,8 @@ class Plan:
 
     rows: int
     wait_until: float = 0.0
+    target: int = 0
+    """When waiting: the batch size waited for (0: re-plan on every arrival)."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -169,11 +171,17 @@ def plan_batch(
             return Plan(cap)
         return Plan(0, window_end)
 
-    def throughput(rows: int, idle: float = 0.0) -> float:
-        return rows / (idle + curve.cost(bucket_ceiling(rows, list(policy.buckets))))
+    buckets = list(policy.buckets)
 
+    def throughput(rows: int, idle: float = 0.0) -> float:
+        return rows / (idle + curve.cost(bucket_ceiling(rows, buckets)))
+
+    # rows / cost(rows) peaks at a measured size, a bucket or the cap: the curve is linear in
+    # between (and rows / (a + b * rows) is monotone), a bucket's cost is flat below it. So
+    # those are the only sizes to compare; this runs on every arrival while an instance waits.
+    sizes = {1, cap, *(p for p in curve.points if p < cap), *(b for b in buckets if b < cap)}
     best_rows, best = 1, throughput(1)
-    for rows in range(2, cap + 1):
+    for rows in sorted(sizes):
         value = throughput(rows)
         if value >= best:
             best_rows, best = rows, value
@@ -204,5 +212,5 @@ def plan_batch(
             # Waiting must win clearly: the arrival rate is an estimate.
             if throughput(target, wait * idle_share) > 1.1 * best:
                 # Re-plan when the rows should be here, or when the stream should have paused.
-                return Plan(0, min(now + wait, wake_by))
+                return Plan(0, min(now + wait, wake_by), target)
     return Plan(best_rows)
