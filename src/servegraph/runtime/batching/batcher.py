@@ -17,6 +17,7 @@ import asyncio
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -473,18 +474,34 @@ class DynamicBatcher:
                 item.future.set_exception(error)
 
 
+class _SchedStat:
+    """This thread's /proc schedstat, kept open (a thread-local; closed when the thread ends)."""
+
+    def __init__(self) -> None:
+        try:
+            self.fd = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+        except OSError:
+            self.fd = -1
+
+    def __del__(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+
+
+_schedstat = threading.local()
+
+
 def _runqueue_wait_ns() -> int:
     """Nanoseconds the calling thread has spent runnable but waiting for a CPU (Linux), else 0."""
-    try:
-        fd = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
-    except OSError:
+    stat = getattr(_schedstat, "stat", None)
+    if stat is None:
+        stat = _schedstat.stat = _SchedStat()
+    if stat.fd < 0:
         return 0
     try:
-        return int(os.read(fd, 64).split()[1])
+        return int(os.pread(stat.fd, 64, 0).split()[1])
     except (OSError, ValueError, IndexError):
         return 0
-    finally:
-        os.close(fd)
 
 
 def _timed_predict(predict: Callable[[Outputs], Outputs], inputs: Outputs) -> tuple[Outputs, int]:
