@@ -41,6 +41,8 @@ class LoadSpec:
     server_pid: int = 0
     http_headers: dict[str, str] = field(default_factory=dict)
     model: str = MODEL_NAME
+    requests: int = 0
+    """When > 0: each concurrency sends exactly this many requests (no warm-up, no clock)."""
 
 
 @dataclass
@@ -196,6 +198,45 @@ async def measure(client: Client, spec: LoadSpec, concurrency: int) -> Cell:
     )
 
 
+async def measure_count(client: Client, spec: LoadSpec, concurrency: int) -> Cell:
+    """Closed loop at ``concurrency`` until ``spec.requests`` requests have been answered."""
+    now = time.perf_counter
+    latencies: list[float] = []
+    errors = 0
+    first_error = ""
+    issued = 0
+
+    async def worker() -> None:
+        nonlocal errors, first_error, issued
+        while issued < spec.requests:
+            issued += 1
+            t0 = now()
+            try:
+                await client.infer()
+            except Exception as exc:
+                errors += 1
+                first_error = first_error or f"{type(exc).__name__}: {exc}"[:200]
+                continue
+            latencies.append(now() - t0)
+
+    c0, s0, w0 = time.process_time(), _tree_cpu_seconds(spec.server_pid), now()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    c1, s1, w1 = time.process_time(), _tree_cpu_seconds(spec.server_pid), now()
+    wall = max(w1 - w0, 1e-9)
+    lat = np.array(latencies) * 1e3 if latencies else np.array([np.nan])
+    return Cell(
+        concurrency=concurrency,
+        rows_per_s=len(latencies) / wall,
+        p50_ms=float(np.percentile(lat, 50)),
+        p99_ms=float(np.percentile(lat, 99)),
+        requests=len(latencies),
+        errors=errors,
+        client_cpu=(c1 - c0) / wall,
+        server_cpu=(s1 - s0) / wall,
+        first_error=first_error,
+    )
+
+
 async def run(spec: LoadSpec) -> dict[str, Any]:
     """Check once, then measure each concurrency."""
     payload = sample_input(1)
@@ -206,7 +247,10 @@ async def run(spec: LoadSpec) -> dict[str, Any]:
         cells: list[Cell] = []
         if result.ok:
             for c in spec.concurrencies:
-                cells.append(await measure(client, spec, c))
+                if spec.requests > 0:
+                    cells.append(await measure_count(client, spec, c))
+                else:
+                    cells.append(await measure(client, spec, c))
         return {"check": asdict(result), "cells": [asdict(c) for c in cells]}
     finally:
         await client.close()

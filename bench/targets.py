@@ -94,7 +94,9 @@ def _servegraph_cmd(repo: Path, ports: Ports) -> Launch:
             "--grpc-port", str(ports.grpc),
             "--metrics-port", str(ports.metrics),
             "--repository-poll-secs", "0",
-        ]
+        ],
+        # This checkout's servegraph, whatever the interpreter has installed (procs strips PYTHONPATH).
+        env={"PYTHONPATH": str(ROOT / "src")},
     )
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from servegraph.runtime.batching.cost import BatchPolicy, CostCurve, Plan, bucket_ceiling, plan_batch
+from servegraph.runtime.batching.cost import MAX_STRETCH, BatchPolicy, CostCurve, Plan, bucket_ceiling, plan_batch
 
 # rows -> seconds, from PEERS.md's rows/s: 1: 1165, 2: 422, 4: 881, 8: 1581, 16: 2547, 32: 3839
 PEERS_CURVE = CostCurve({1: 1 / 1165, 2: 2 / 422, 4: 4 / 881, 8: 8 / 1581, 16: 16 / 2547, 32: 32 / 3839})
@@ -63,3 +63,97 @@ def test_the_curve_learns_from_executions() -> None:
     for _ in range(50):
         curve.observe(4, 0.002)
     assert curve.cost(4) == pytest.approx(0.002, rel=0.01)
+
+
+# --- a saturated core: the front end's CPU per row and the arrival rate ------------------
+# The gRPC front end costs about 0.6 ms of event-loop CPU per request on these machines.
+FRONTEND = 0.0006
+
+
+def test_a_saturated_core_waits_past_the_delay_for_a_big_batch() -> None:
+    """At c=64 rows stream in at about one per front-end cost: dispatching 12 rows early
+    would steal the core from the front end; the window stretches to bring a full batch."""
+    now = 0.010
+    plan = plan_batch(
+        POLICY, PEERS_CURVE, 12, first_arrival=0.0, now=now, arrival_rate=1 / FRONTEND,
+        frontend_cost=FRONTEND, last_arrival=now - 0.0002, reachable_rows=64, idle_since=now,
+    )
+    assert plan.rows == 0
+    assert now < plan.wait_until <= now + 3 * FRONTEND, "re-plans by the time the stream would have paused"
+    unsaturated = plan_batch(POLICY, PEERS_CURVE, 12, first_arrival=0.0, now=now, arrival_rate=1 / FRONTEND)
+    assert unsaturated.rows > 0, "the plain 1 ms window has long expired"
+
+
+def test_the_stretched_window_is_bounded() -> None:
+    slow_frontend = 0.01  # 32 rows x 10 ms would be 320 ms: capped at MAX_STRETCH
+    now = MAX_STRETCH + 0.001
+    plan = plan_batch(
+        POLICY, PEERS_CURVE, 12, first_arrival=0.0, now=now, arrival_rate=1 / slow_frontend,
+        frontend_cost=slow_frontend, last_arrival=now, reachable_rows=64, idle_since=0.0,
+    )
+    assert plan.rows > 0
+
+
+def test_a_saturated_core_dispatches_once_arrivals_pause() -> None:
+    now = 0.010
+    plan = plan_batch(
+        POLICY, PEERS_CURVE, 12, first_arrival=0.0, now=now, arrival_rate=1 / FRONTEND,
+        frontend_cost=FRONTEND, last_arrival=now - 4 * FRONTEND, reachable_rows=64,
+        idle_since=now - 4 * FRONTEND,
+    )
+    assert plan.rows >= 8
+
+
+def test_a_few_callers_are_never_waited_for() -> None:
+    """A closed loop of 4 callers keeps at most 4 rows queued: no wait for 8 or 16."""
+    now = 0.010
+    plan = plan_batch(
+        POLICY, PEERS_CURVE, 4, first_arrival=now, now=now, arrival_rate=1 / FRONTEND,
+        frontend_cost=FRONTEND, last_arrival=now, reachable_rows=4, idle_since=now,
+    )
+    assert plan.rows > 0
+
+
+@pytest.mark.parametrize("queued", [1, 2, 3])
+def test_a_lone_caller_keeps_its_latency(queued: int) -> None:
+    """c=1: arrivals are one per round trip (front end + model + client), the load is low,
+    and nothing changes from the unsaturated policy."""
+    rate = 1 / (FRONTEND + 1 / 1165 + 0.0005)
+    saturated_args = dict(frontend_cost=FRONTEND, last_arrival=0.0, reachable_rows=2, idle_since=0.0)
+    assert plan_batch(POLICY, PEERS_CURVE, queued, 0.0, 0.0, rate, **saturated_args) == plan_batch(
+        POLICY, PEERS_CURVE, queued, 0.0, 0.0, rate
+    )
+    assert plan_batch(POLICY, PEERS_CURVE, 1, 0.0, 0.0, rate, **saturated_args) == Plan(1)
+
+
+def test_an_outlier_does_not_make_a_size_dearer_than_a_bigger_one() -> None:
+    curve = CostCurve({8: 0.004, 11: 0.0106, 12: 0.0044})
+    assert curve.cost(11) == pytest.approx(0.0044)
+    assert curve.cost(8) == pytest.approx(0.004)
+    curve.observe(12, 0.0024)  # the cap follows the bigger size as it learns
+    assert curve.cost(12) == pytest.approx(0.004)
+    assert curve.cost(11) <= curve.cost(12)
+
+
+def test_many_callers_on_a_shared_machine_count_as_saturation() -> None:
+    """Other processes on the core deflate the front end's share; callers that keep half a
+    full batch queued still mark a saturated core, a busy front end with few callers does not."""
+    now = 0.010
+    common = dict(first_arrival=0.0, now=now, arrival_rate=1 / FRONTEND, frontend_cost=FRONTEND,
+                  frontend_load=0.3, last_arrival=now, idle_since=now)
+    assert plan_batch(POLICY, PEERS_CURVE, 12, reachable_rows=30, **common).rows == 0
+    assert plan_batch(POLICY, PEERS_CURVE, 12, reachable_rows=12, **common).rows > 0
+
+
+def test_a_saturated_core_waits_for_as_many_rows_as_the_callers_have() -> None:
+    """30 callers in flight: the batch to wait for is 30 rows, not a 32 that never fills."""
+    now = 0.010
+    plan = plan_batch(
+        POLICY, PEERS_CURVE, 24, first_arrival=0.0, now=now, arrival_rate=1 / FRONTEND,
+        frontend_cost=FRONTEND, last_arrival=now, reachable_rows=30, idle_since=now,
+    )
+    assert plan.rows == 0 and plan.wait_until <= now + 6 * FRONTEND + 1e-9
+    assert plan_batch(
+        POLICY, PEERS_CURVE, 30, first_arrival=0.0, now=now, arrival_rate=1 / FRONTEND,
+        frontend_cost=FRONTEND, last_arrival=now, reachable_rows=30, idle_since=now,
+    ) == Plan(30)

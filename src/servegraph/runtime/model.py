@@ -97,7 +97,7 @@ def warm_up(config: ModelConfig, instances: list[LoadedModel]) -> CostCurve:
                     instance.predict(sample)
                     best = min(best, time.perf_counter() - start)
                 if runs > 1:
-                    curve.points[size] = best
+                    curve.observe(size, best)
     return curve
 
 
@@ -121,6 +121,10 @@ class ServedModel:
         self._inputs = {t.name: t for t in config.input}
         self._outputs = {t.name: t for t in config.output}
         self._input_dtypes = {t.name: numpy_dtype(t.data_type) for t in config.input}
+        # Per-request checks and shaping read these, computed once.
+        self._input_checks = [(t.name, t.data_type, self.signature_shape(t)) for t in config.input]
+        self._output_specs = {t.name: (t.data_type, numpy_dtype(t.data_type)) for t in config.output}
+        self._all_outputs = list(self._outputs)
 
     @classmethod
     def load(cls, config: ModelConfig, version: str, version_dir: Path) -> ServedModel:
@@ -194,17 +198,16 @@ class ServedModel:
                     f"expected inputs {sorted(self._inputs)}"
                 )
         batch = None
-        for name, spec in self._inputs.items():
+        for name, data_type, expected in self._input_checks:
             array = request.inputs.get(name)
             if array is None:
                 raise InvalidInput(f"expected input '{name}' for model '{model}' is missing")
             datatype = request.datatypes.get(name, "")
-            if datatype != spec.data_type:
+            if datatype != data_type:
                 raise InvalidInput(
                     f"inference input '{name}' for model '{model}' has datatype {datatype}, "
-                    f"expected {spec.data_type}"
+                    f"expected {data_type}"
                 )
-            expected = self.signature_shape(spec)
             shape = array.shape
             if len(shape) != len(expected) or any(
                 e != -1 and e != s for e, s in zip(expected, shape)
@@ -257,19 +260,18 @@ class ServedModel:
     async def _infer(self, request: InferRequest, batcher: DynamicBatcher) -> InferResponse:
         self.check_request(request)
         outputs = await batcher.infer(request.inputs, request.deadline)
-        wanted = [o.name for o in request.outputs] if request.outputs else list(self._outputs)
+        wanted = [o.name for o in request.outputs] if request.outputs else self._all_outputs
         selected: dict[str, np.ndarray] = {}
         datatypes: dict[str, str] = {}
         for name in wanted:
             array = outputs.get(name)
             if array is None:
                 raise ModelError(f"model '{self.name}' did not return its output '{name}'")
-            spec = self._outputs[name]
-            dtype = numpy_dtype(spec.data_type)
-            if array.dtype != dtype and not (spec.data_type == "BYTES" and array.dtype.kind in "OSU"):
+            data_type, dtype = self._output_specs[name]
+            if array.dtype != dtype and not (data_type == "BYTES" and array.dtype.kind in "OSU"):
                 array = array.astype(dtype)
             selected[name] = array
-            datatypes[name] = spec.data_type
+            datatypes[name] = data_type
         return InferResponse(
             model_name=self.name,
             model_version=self.version,

@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -107,6 +109,14 @@ class DynamicBatcher:
         self._row_interval = 0.0  # EWMA seconds between arriving rows
         self._last_arrival = 0.0
         self._drain_rate = 0.0  # EWMA requests completed per second
+        self._frontend_cost = 0.0  # EWMA event-loop CPU seconds per arriving row
+        self._arrived_rows = 0
+        self._frontend_load = 0.0  # EWMA share of a core the event loop used, batch to batch
+        self._cpu_mark: tuple[float, float, int] | None = None  # (loop CPU, monotonic, rows arrived) at the last batch
+        self._idle_since = -1.0  # when a free instance first looked for work (-1: not yet)
+        self._rows_short = 0  # rows still missing from the batch a free instance waits for
+        self._running_requests = 0
+        self._peak_requests = 0.0  # decaying peak of requests queued + running
 
     # ----------------------------------------------------------------- public
     def start(self) -> None:
@@ -141,8 +151,16 @@ class DynamicBatcher:
         self._pending.append(item)
         if item.deadline != math.inf:
             self._deadlined += 1
+        in_batcher = len(self._pending) + self._running_requests
+        if in_batcher > self._peak_requests:
+            self._peak_requests = in_batcher
         self.metrics.queue_depth.set(len(self._pending))
-        self._wake.set()
+        self._rows_short -= item.rows
+        if (self._free and self._rows_short <= 0) or item.deadline != math.inf:
+            # With every instance busy the loop has nothing to plan until one frees up (which
+            # wakes it), nor while the batch a free one waits for is short of rows (its timer
+            # re-plans); a deadline may need an earlier timer.
+            self._wake.set()
         return await item.future
 
     def retry_after(self) -> float:
@@ -206,6 +224,7 @@ class DynamicBatcher:
             gap = max(now - self._last_arrival, 0.0) / rows
             self._row_interval += 0.2 * (gap - self._row_interval)
         self._last_arrival = now
+        self._arrived_rows += rows
         self._seq += 1
         return _Pending(
             inputs=inputs,
@@ -289,9 +308,27 @@ class DynamicBatcher:
         queued_rows = sum(p.rows for p in group)
         first_arrival = min(p.arrived for p in group)
         rate = 1.0 / self._row_interval if self._row_interval > 0 else 0.0
-        plan = plan_batch(self.policy, self.curve, queued_rows, first_arrival, now, rate)
+        if self._idle_since < 0:
+            self._idle_since = now
+        rows_per_request = queued_rows / len(group)
+        plan = plan_batch(
+            self.policy,
+            self.curve,
+            queued_rows,
+            first_arrival,
+            now,
+            rate,
+            frontend_cost=self._frontend_cost,
+            frontend_load=self._frontend_load,
+            last_arrival=self._last_arrival,
+            # Closed-loop callers: never more than the batcher has lately held at once.
+            reachable_rows=math.ceil(self._peak_requests * rows_per_request),
+            idle_since=self._idle_since,
+        )
         if plan.rows == 0:
+            self._rows_short = plan.target - queued_rows
             return [], plan.wait_until
+        self._rows_short = 0
         batch: list[_Pending] = []
         rows = 0
         for item in group:
@@ -307,12 +344,15 @@ class DynamicBatcher:
 
     def _launch(self, batch: list[_Pending], instance: LoadedModel) -> None:
         self._inflight += 1
+        self._running_requests += len(batch)
+        self._idle_since = -1.0
         self._running_items[id(batch)] = batch
         asyncio.get_running_loop().create_task(self._execute(batch, instance))
 
     async def _execute(self, batch: list[_Pending], instance: LoadedModel) -> None:
         loop = asyncio.get_running_loop()
         key = id(batch)
+        launched = len(batch)
         try:
             batch = [p for p in batch if not p.future.done()]
             if not batch:
@@ -332,6 +372,8 @@ class DynamicBatcher:
             self._running_items.pop(key, None)
             self._free.append(instance)
             self._inflight -= 1
+            self._running_requests -= launched
+            self._idle_since = -1.0
             self._wake.set()
 
     async def _execute_alone(self, loop: asyncio.AbstractEventLoop, item: _Pending, instance: LoadedModel) -> None:
@@ -346,7 +388,7 @@ class DynamicBatcher:
 
     async def _run_batch(
         self, loop: asyncio.AbstractEventLoop, batch: list[_Pending], instance: LoadedModel
-    ) -> tuple[list[Outputs], int, tuple[int, int, int, int]]:
+    ) -> tuple[list[Outputs], int, tuple[int, int, int, int, int]]:
         t0 = time.perf_counter_ns()
         rows = [p.rows for p in batch]
         real_rows = sum(rows)
@@ -359,7 +401,7 @@ class DynamicBatcher:
             batch_rows = real_rows
             merged = batch[0].inputs
         t1 = time.perf_counter_ns()
-        outputs = await loop.run_in_executor(self._executor, instance.predict, merged)
+        outputs, busy = await loop.run_in_executor(self._executor, _timed_predict, instance.predict, merged)
         t2 = time.perf_counter_ns()
         if self._batch_dim:
             unpad = [p.unpad for p in batch] if any(p.unpad for p in batch) else None
@@ -367,18 +409,19 @@ class DynamicBatcher:
         else:
             results = [outputs]
         t3 = time.perf_counter_ns()
-        return results, batch_rows, (t0, t1, t2, t3)
+        return results, batch_rows, (t0, t1, t2, t3, busy)
 
     def _complete(
         self,
         batch: list[_Pending],
         results: list[Outputs],
         batch_rows: int,
-        timings: tuple[int, int, int, int],
+        timings: tuple[int, int, int, int, int],
     ) -> None:
-        t0, t1, t2, t3 = timings
+        t0, t1, t2, t3, busy = timings
         compute = (t2 - t1) / 1e9
-        self.curve.observe(batch_rows, compute)
+        # The curve learns from the time the model thread was not kept off the CPU by others.
+        self.curve.observe(batch_rows, busy / 1e9)
         self._stats.record_execution(batch_rows, len(batch), t1 - t0, t2 - t1, t3 - t2)
         self.metrics.compute_time.observe(compute)
         self.metrics.batch_size.observe(batch_rows)
@@ -386,12 +429,34 @@ class DynamicBatcher:
         if elapsed > 0:
             rate = len(batch) / elapsed
             self._drain_rate += 0.2 * (rate - self._drain_rate)
+        self._observe_frontend()
+        self._peak_requests = max(self._peak_requests * 0.9, len(self._pending) + self._running_requests)
         for item, result in zip(batch, results):
             queued = t0 - item.arrived_ns
             self._stats.queue.add(queued)
             self.metrics.queue_time.observe(queued / 1e9)
             if not item.future.done():
                 item.future.set_result(result)
+
+    def _observe_frontend(self) -> None:
+        """Fold the event loop's CPU since the last batch into two estimates: per arrived row
+        (the front-end cost) and per second of wall time (the share of a core it uses).
+
+        The loop thread runs the transports, the codecs and this batcher: everything but the
+        model, whose instances run in executor threads.
+        """
+        cpu, wall, rows = time.thread_time(), time.monotonic(), self._arrived_rows
+        mark = self._cpu_mark
+        self._cpu_mark = (cpu, wall, rows)
+        if mark is None or rows <= mark[2] or wall <= mark[1]:
+            return
+        per_row = (cpu - mark[0]) / (rows - mark[2])
+        share = (cpu - mark[0]) / (wall - mark[1])
+        if self._frontend_cost == 0.0:
+            self._frontend_cost, self._frontend_load = per_row, share
+        else:
+            self._frontend_cost += 0.2 * (per_row - self._frontend_cost)
+            self._frontend_load += 0.2 * (share - self._frontend_load)
 
     def _fail(self, batch: list[_Pending], exc: BaseException) -> None:
         error = exc if isinstance(exc, ServegraphError) else ModelError(
@@ -407,6 +472,48 @@ class DynamicBatcher:
         for item in pending:
             if not item.future.done():
                 item.future.set_exception(error)
+
+
+class _SchedStat:
+    """This thread's /proc schedstat, kept open (a thread-local; closed when the thread ends)."""
+
+    def __init__(self) -> None:
+        try:
+            self.fd = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+        except OSError:
+            self.fd = -1
+
+    def __del__(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+
+
+_schedstat = threading.local()
+
+
+def _runqueue_wait_ns() -> int:
+    """Nanoseconds the calling thread has spent runnable but waiting for a CPU (Linux), else 0."""
+    stat = getattr(_schedstat, "stat", None)
+    if stat is None:
+        stat = _schedstat.stat = _SchedStat()
+    if stat.fd < 0:
+        return 0
+    try:
+        return int(os.pread(stat.fd, 64, 0).split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _timed_predict(predict: Callable[[Outputs], Outputs], inputs: Outputs) -> tuple[Outputs, int]:
+    """Run ``predict`` (in an executor thread); return its outputs and the nanoseconds it took,
+    less the time this thread waited for a CPU. On a core shared with the front end (or with
+    other processes) wall time would price a batch by how busy the machine was; the cost
+    curve wants what the batch itself costs. Time spent sleeping (a GPU wait) still counts."""
+    waited = _runqueue_wait_ns()
+    start = time.perf_counter_ns()
+    outputs = predict(inputs)
+    elapsed = time.perf_counter_ns() - start
+    return outputs, max(elapsed - (_runqueue_wait_ns() - waited), 1)
 
 
 def warmup_inputs(

@@ -10,11 +10,28 @@ execution, and choose batch sizes from it:
 * it waits (never past the queue delay, counted from the first arrival) only when the rows
   expected to arrive meanwhile would make a batch whose rows/second, idle time included,
   beats dispatching now.
+
+A saturated core changes the sums. The front end (transport, decoding, answering) shares the
+core with the model. When the front end uses at least ``SATURATED`` of the core (measured
+from the event loop's CPU time, or the arrival rate times its CPU per row), or half that
+while callers keep over half a full batch queued, a small batch dispatched early steals CPU
+the front end needed and buys nothing: the rows it leaves behind arrive anyway, just later.
+So while the core is saturated *and rows are still streaming in* (the last one came, or the
+instance went idle, within ``STREAM_GAPS`` rows' worth of front-end work), the window
+stretches to the time the front end needs to bring a full batch (counted from when the
+instance went idle), and the instance's idle time costs nothing: the front end is using the
+core meanwhile. When arrivals pause, the plain window applies; and no policy waits for more
+rows than the callers can have queued (a closed loop of few callers).
+
+The curve is monotone: n rows never cost more than a measured bigger batch (they could be
+padded to it), so one slow execution of a rarely seen size cannot make that size look
+worse than a bigger one for ever.
 """
 
 from __future__ import annotations
 
 import bisect
+import math
 from dataclasses import dataclass, field
 
 
@@ -24,18 +41,34 @@ class CostCurve:
 
     points: dict[int, float] = field(default_factory=dict)
     alpha: float = 0.2
+    _table: dict[int, float] | None = field(default=None, repr=False, compare=False)
 
     def observe(self, rows: int, seconds: float) -> None:
         """Fold one measured execution into the curve (exponentially weighted)."""
         old = self.points.get(rows)
         self.points[rows] = seconds if old is None else old + self.alpha * (seconds - old)
+        self._table = None
 
     def cost(self, rows: int) -> float:
-        if not self.points:
+        table = self._table
+        if table is None:
+            table = self._table = self._monotone()
+        found = table.get(rows)
+        return found if found is not None else self._interpolate(rows, table)
+
+    def _monotone(self) -> dict[int, float]:
+        """The measured points, each capped by every bigger measured size's cost."""
+        table: dict[int, float] = {}
+        cap = math.inf
+        for size in sorted(self.points, reverse=True):
+            cap = min(cap, self.points[size])
+            table[size] = cap
+        return table
+
+    def _interpolate(self, rows: int, points: dict[int, float]) -> float:
+        if not points:
             return float(rows)
-        if rows in self.points:
-            return self.points[rows]
-        sizes = sorted(self.points)
+        sizes = sorted(points)
         i = bisect.bisect_left(sizes, rows)
         if i == 0:
             lo, hi = sizes[0], sizes[0]
@@ -44,9 +77,9 @@ class CostCurve:
         else:
             lo, hi = sizes[i - 1], sizes[i]
         if lo == hi:
-            return self.points[lo] * rows / lo
+            return points[lo] * rows / lo
         frac = (rows - lo) / (hi - lo)
-        return self.points[lo] + frac * (self.points[hi] - self.points[lo])
+        return points[lo] + frac * (points[hi] - points[lo])
 
     def ready(self) -> bool:
         return bool(self.points)
@@ -60,12 +93,23 @@ def bucket_ceiling(rows: int, buckets: list[int]) -> int:
     return buckets[i] if i < len(buckets) else rows
 
 
+SATURATED = 0.5
+"""The share of a core the front end uses (measured, or arrival rate × front-end CPU per row)
+from which the core counts as saturated: the model has at most the other half."""
+STREAM_GAPS = 3.0
+"""Rows still stream in while the last arrived within this many rows' worth of front-end CPU."""
+MAX_STRETCH = 0.05
+"""Seconds: a saturated core's window never stretches past this, whatever the front end costs."""
+
+
 @dataclass(slots=True, frozen=True)
 class Plan:
     """Dispatch ``rows`` rows now, or (rows == 0) wait until ``wait_until`` and re-plan."""
 
     rows: int
     wait_until: float = 0.0
+    target: int = 0
+    """When waiting: the batch size waited for (0: re-plan on every arrival)."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -98,8 +142,22 @@ def plan_batch(
     first_arrival: float,
     now: float,
     arrival_rate: float,
+    frontend_cost: float = 0.0,
+    frontend_load: float | None = None,
+    last_arrival: float | None = None,
+    reachable_rows: int | None = None,
+    idle_since: float | None = None,
 ) -> Plan:
-    """Decide what an idle model instance does with ``queued_rows`` compatible rows."""
+    """Decide what an idle model instance does with ``queued_rows`` compatible rows.
+
+    ``arrival_rate`` is rows per second; ``frontend_cost`` the event loop's CPU seconds per
+    row outside the model (0: unknown); ``frontend_load`` the share of a core the front end
+    has been using (None: ``arrival_rate * frontend_cost``); ``last_arrival`` when the
+    newest row arrived; ``reachable_rows`` how many rows the callers can have queued at once
+    (None: unknown), so a closed loop of 4 callers never waits for an 8-row batch and 30
+    callers are waited for as 30 rows, not 32; ``idle_since`` when this instance started
+    looking for work (None: at ``first_arrival``).
+    """
     cap = min(queued_rows, policy.max_rows)
     if cap >= policy.max_rows:
         return Plan(policy.max_rows)
@@ -113,22 +171,46 @@ def plan_batch(
             return Plan(cap)
         return Plan(0, window_end)
 
-    def throughput(rows: int, idle: float = 0.0) -> float:
-        return rows / (idle + curve.cost(bucket_ceiling(rows, list(policy.buckets))))
+    buckets = list(policy.buckets)
 
+    def throughput(rows: int, idle: float = 0.0) -> float:
+        return rows / (idle + curve.cost(bucket_ceiling(rows, buckets)))
+
+    # rows / cost(rows) peaks at a measured size, a bucket or the cap: the curve is linear in
+    # between (and rows / (a + b * rows) is monotone), a bucket's cost is flat below it. So
+    # those are the only sizes to compare; this runs on every arrival while an instance waits.
+    sizes = {1, cap, *(p for p in curve.points if p < cap), *(b for b in buckets if b < cap)}
     best_rows, best = 1, throughput(1)
-    for rows in range(2, cap + 1):
+    for rows in sorted(sizes):
         value = throughput(rows)
         if value >= best:
             best_rows, best = rows, value
+    idle_share = 1.0
+    wake_by = math.inf
+    load = arrival_rate * frontend_cost if frontend_load is None else frontend_load
+    idle_from = first_arrival if idle_since is None else max(idle_since, first_arrival)
+    last_event = idle_from if last_arrival is None else max(last_arrival, idle_from)
+    # Callers that keep over half a full batch queued while the front end is busy at all saturate
+    # the core too: on a machine shared with other work the front end's share reads low.
+    crowded = reachable_rows is not None and 2 * reachable_rows > policy.max_rows and load >= SATURATED / 2
+    if (load >= SATURATED or crowded) and now < last_event + STREAM_GAPS * frontend_cost:
+        # Saturated and still streaming: waiting lets the front end use the core.
+        window_end = max(window_end, idle_from + min(policy.max_rows * frontend_cost, MAX_STRETCH))
+        idle_share = 0.0  # rows keep coming: the front end is using the core meanwhile
+        wake_by = last_event + STREAM_GAPS * frontend_cost
     if now < window_end and arrival_rate > 0:
-        for target in policy.candidate_sizes():
+        targets = policy.candidate_sizes()
+        if reachable_rows is not None:
+            # No more rows than the callers have had in flight lately: the rest will not come.
+            targets = sorted({min(t, reachable_rows) for t in targets})
+        for target in targets:
             if target <= cap:
                 continue
             wait = (target - queued_rows) / arrival_rate
             if now + wait > window_end:
                 break
             # Waiting must win clearly: the arrival rate is an estimate.
-            if throughput(target, wait) > 1.1 * best:
-                return Plan(0, now + wait)
+            if throughput(target, wait * idle_share) > 1.1 * best:
+                # Re-plan when the rows should be here, or when the stream should have paused.
+                return Plan(0, min(now + wait, wake_by), target)
     return Plan(best_rows)

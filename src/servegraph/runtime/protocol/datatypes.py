@@ -66,9 +66,9 @@ MAX_ELEMENTS = 1 << 40
 
 def element_count(shape: tuple[int, ...] | list[int], where: str = "") -> int:
     """prod(shape), refusing negative dims and absurd sizes instead of overflowing."""
-    of = f" of {where}" if where else ""
     for dim in shape:
         if not isinstance(dim, int) or isinstance(dim, bool) or dim < 0:
+            of = f" of {where}" if where else ""
             raise InvalidInput(f"shape {list(shape)}{of} has an invalid dimension {dim!r}")
     count = 1
     for dim in shape:
@@ -77,6 +77,7 @@ def element_count(shape: tuple[int, ...] | list[int], where: str = "") -> int:
         # shape from costing bignum arithmetic.
         count *= max(dim, 1)
         if count > MAX_ELEMENTS:
+            of = f" of {where}" if where else ""
             raise InvalidInput(f"shape {list(shape)}{of} is too large: over {MAX_ELEMENTS} elements")
     return 0 if 0 in shape else count
 
@@ -122,15 +123,25 @@ def tensor_from_buffer(
     buffer: bytes | memoryview, datatype: str, shape: tuple[int, ...], name: str, model: str = ""
 ) -> np.ndarray:
     """Wrap raw little-endian tensor bytes without copying; check the byte size exactly."""
-    where = describe_input(name, model)
-    count = element_count(shape, where)
+    count = 1
+    for dim in shape:  # the common case (positive int dims) without building a message
+        if type(dim) is not int or dim <= 0:
+            count = element_count(shape, describe_input(name, model))
+            break
+        count *= dim
+    else:
+        if count > MAX_ELEMENTS:
+            element_count(shape, describe_input(name, model))  # raises, naming the input
     if datatype == "BYTES":
         return deserialize_bytes(buffer, count, name, model).reshape(shape)
-    dtype = numpy_dtype(datatype, where)
+    dtype = V2_TO_NUMPY.get(datatype)
+    if dtype is None:
+        numpy_dtype(datatype, describe_input(name, model))  # raises, naming the input
+        raise AssertionError("unreachable")
     expected = count * dtype.itemsize
     if len(buffer) != expected:
         raise InvalidInput(
-            f"input byte size mismatch for {where}: expected {expected} bytes "
+            f"input byte size mismatch for {describe_input(name, model)}: expected {expected} bytes "
             f"for shape {list(shape)} of {datatype}, got {len(buffer)}"
         )
     return np.frombuffer(buffer, dtype=dtype).reshape(shape)

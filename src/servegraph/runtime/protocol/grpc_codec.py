@@ -14,6 +14,7 @@ import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 
 from servegraph.runtime.protocol.datatypes import (
+    V2_TO_NUMPY,
     describe_input,
     element_count,
     numpy_dtype,
@@ -105,23 +106,28 @@ def decode_request(request: Any, deadline: float | None) -> InferRequest:
         name = tensor.name
         if not name:
             raise InvalidInput(f"input {i} of the request for model '{model}' has no name")
-        where = describe_input(name, model)
+        # Messages are built only when a check fails: this runs once per input per request.
         if name in inputs:
-            raise InvalidInput(f"{where} appears twice")
-        numpy_dtype(tensor.datatype, where)
+            raise InvalidInput(f"{describe_input(name, model)} appears twice")
+        datatype = tensor.datatype
+        if datatype not in V2_TO_NUMPY:
+            numpy_dtype(datatype, describe_input(name, model))  # raises, naming the input
         shape = tuple(tensor.shape)
-        if any(d < 0 for d in shape):
-            raise InvalidInput(f"{where} has a negative dimension in shape {list(shape)}")
+        for d in shape:
+            if d < 0:
+                raise InvalidInput(f"{describe_input(name, model)} has a negative dimension in shape {list(shape)}")
         if raw:
-            inputs[name] = tensor_from_buffer(raw[i], tensor.datatype, shape, name, model)
+            inputs[name] = tensor_from_buffer(raw[i], datatype, shape, name, model)
         else:
-            inputs[name] = _typed_contents(tensor, shape, where)
-        datatypes[name] = tensor.datatype
+            inputs[name] = _typed_contents(tensor, shape, describe_input(name, model))
+        datatypes[name] = datatype
         if tensor.parameters:
             input_parameters[name] = parameters_to_dict(tensor.parameters)
     outputs = [
-        RequestedOutput(o.name, True, parameters_to_dict(o.parameters)) for o in request.outputs
+        RequestedOutput(o.name, True, parameters_to_dict(o.parameters) if o.parameters else {})
+        for o in request.outputs
     ] or None
+    parameters = request.parameters
     return InferRequest(
         model_name=request.model_name,
         model_version=request.model_version,
@@ -129,7 +135,7 @@ def decode_request(request: Any, deadline: float | None) -> InferRequest:
         datatypes=datatypes,
         id=request.id,
         outputs=outputs,
-        parameters=parameters_to_dict(request.parameters),
+        parameters=parameters_to_dict(parameters) if parameters else {},
         input_parameters=input_parameters,
         deadline=deadline,
     )

@@ -15,6 +15,7 @@ import numpy as np
 import orjson
 
 from servegraph.runtime.protocol.datatypes import (
+    V2_TO_NUMPY,
     describe_input,
     element_count,
     numpy_dtype,
@@ -79,11 +80,10 @@ def decode_request(
         header_bytes: bytes | memoryview = body
         tail = memoryview(b"")
     else:
-        _expect(header_length >= 0, f"{HEADER_LENGTH} must not be negative, got {header_length}")
-        _expect(
-            header_length <= len(body),
-            f"{HEADER_LENGTH} is {header_length} but the body has only {len(body)} bytes",
-        )
+        if header_length < 0:
+            raise InvalidInput(f"{HEADER_LENGTH} must not be negative, got {header_length}")
+        if header_length > len(body):
+            raise InvalidInput(f"{HEADER_LENGTH} is {header_length} but the body has only {len(body)} bytes")
         view = memoryview(body)
         header_bytes, tail = view[:header_length], view[header_length:]
     header = _parse_json(header_bytes)
@@ -96,47 +96,57 @@ def decode_request(
     datatypes: dict[str, str] = {}
     input_parameters: dict[str, dict[str, Any]] = {}
     offset = 0
+    # Every check below builds its message only when it fails: this runs once per input per request.
     for raw in raw_inputs:
-        _expect(isinstance(raw, dict), "each input must be an object")
+        if not isinstance(raw, dict):
+            raise InvalidInput("each input must be an object")
         name = raw.get("name")
-        _expect(isinstance(name, str) and name != "", "each input needs a 'name' string")
-        where = describe_input(name, model_name)
-        _expect(name not in inputs, f"{where} appears twice")
+        if not isinstance(name, str) or name == "":
+            raise InvalidInput("each input needs a 'name' string")
+        if name in inputs:
+            raise InvalidInput(f"{describe_input(name, model_name)} appears twice")
         datatype = raw.get("datatype")
-        _expect(isinstance(datatype, str), f"{where} needs a 'datatype' string")
-        numpy_dtype(datatype, where)
+        if not isinstance(datatype, str):
+            raise InvalidInput(f"{describe_input(name, model_name)} needs a 'datatype' string")
+        if datatype not in V2_TO_NUMPY:
+            numpy_dtype(datatype, describe_input(name, model_name))  # raises, naming the input
         shape = raw.get("shape")
-        _expect(
-            isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape),
-            f"{where} needs a 'shape' list of non-negative integers, got {shape!r}",
-        )
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+        ):
+            raise InvalidInput(
+                f"{describe_input(name, model_name)} needs a 'shape' list of non-negative integers, got {shape!r}"
+            )
         shape_t = tuple(shape)
         params = raw.get("parameters") or {}
-        _expect(isinstance(params, dict), f"parameters of {where} must be an object")
+        if not isinstance(params, dict):
+            raise InvalidInput(f"parameters of {describe_input(name, model_name)} must be an object")
         size = params.get("binary_data_size")
         if size is not None:
-            _expect(
-                isinstance(size, int) and not isinstance(size, bool) and size >= 0,
-                f"binary_data_size of {where} must be a non-negative integer, got {size!r}",
-            )
-            _expect(
-                offset + size <= len(tail),
-                f"{where} declares binary_data_size {size} but only "
-                f"{len(tail) - offset} bytes of binary data remain",
-            )
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise InvalidInput(
+                    f"binary_data_size of {describe_input(name, model_name)} must be a non-negative integer, "
+                    f"got {size!r}"
+                )
+            if offset + size > len(tail):
+                raise InvalidInput(
+                    f"{describe_input(name, model_name)} declares binary_data_size {size} but only "
+                    f"{len(tail) - offset} bytes of binary data remain"
+                )
             inputs[name] = tensor_from_buffer(tail[offset : offset + size], datatype, shape_t, name, model_name)
             offset += size
         else:
-            _expect("data" in raw, f"{where} has neither 'data' nor binary_data_size")
-            inputs[name] = _json_tensor(where, datatype, shape_t, raw["data"])
+            if "data" not in raw:
+                raise InvalidInput(f"{describe_input(name, model_name)} has neither 'data' nor binary_data_size")
+            inputs[name] = _json_tensor(describe_input(name, model_name), datatype, shape_t, raw["data"])
         datatypes[name] = datatype
         if params:
             input_parameters[name] = {k: v for k, v in params.items() if k != "binary_data_size"}
-    _expect(
-        offset == len(tail),
-        f"binary data for model '{model_name}' is {len(tail)} bytes but the inputs' "
-        f"binary_data_size add up to {offset}",
-    )
+    if offset != len(tail):
+        raise InvalidInput(
+            f"binary data for model '{model_name}' is {len(tail)} bytes but the inputs' "
+            f"binary_data_size add up to {offset}"
+        )
     outputs = None
     raw_outputs = header.get("outputs")
     binary_default = bool(parameters.get("binary_data_output", False))
@@ -146,7 +156,8 @@ def decode_request(
         for raw in raw_outputs:
             _expect(isinstance(raw, dict) and isinstance(raw.get("name"), str), "each output needs a 'name'")
             params = raw.get("parameters") or {}
-            _expect(isinstance(params, dict), f"parameters of output '{raw['name']}' must be an object")
+            if not isinstance(params, dict):
+                raise InvalidInput(f"parameters of output '{raw['name']}' must be an object")
             binary = bool(params.get("binary_data", binary_default))
             outputs.append(RequestedOutput(raw["name"], binary, params))
     request_id = header.get("id", "")

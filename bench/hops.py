@@ -1,0 +1,183 @@
+"""What a graph hop costs: 0-3 Transformer nodes in front of a model, via ``servegraph run``.
+
+Each hop is a Transformer node (an identity StandardScaler on 16 floats) in front of a tiny
+model (FP32 [n, 16] -> the same, no batching), chained over gRPC on loopback: 0 hops is the
+model alone. Every process of the graph runs on core 0 (``taskset``), the client
+(tritonclient ``grpc.aio`` on uvloop) on core 1; each cell sends a fixed number of requests
+in a closed loop and reports requests/s, p50 and p99, and the p50 each hop adds.
+
+    python bench/hops.py                          # 0-3 hops, c=1 and c=16, 2000 requests per cell
+    python bench/hops.py --hops 0,1 --concurrency 1 --requests 500
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import tempfile
+import textwrap
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path.insert(0, str(BENCH))
+
+import procs  # noqa: E402
+
+from servegraph.ports import free_port  # noqa: E402
+
+WIDTH = 16
+
+MODEL_CONFIG = {
+    "backend": "python",
+    "max_batch_size": 16,
+    "input": [{"name": "INPUT", "data_type": "FP32", "dims": [WIDTH]}],
+    "output": [{"name": "OUTPUT", "data_type": "FP32", "dims": [WIDTH]}],
+}
+MODEL_CODE = textwrap.dedent('''\
+    import numpy as np
+
+
+    class Echo:
+        def predict(self, inputs):
+            return {"OUTPUT": np.asarray(inputs["INPUT"], dtype=np.float32).copy()}
+''')
+
+
+def write_graph(folder: Path, hops: int) -> Path:
+    """A ModelDeployment with ``hops`` identity Transformers in front of the echo model."""
+    model_dir = folder / "models" / "echo"
+    (model_dir / "1").mkdir(parents=True, exist_ok=True)
+    (model_dir / "config.yaml").write_text(yaml.safe_dump(MODEL_CONFIG, sort_keys=False))
+    (model_dir / "1" / "model.py").write_text(MODEL_CODE)
+    nodes: list[dict[str, object]] = []
+    for i in range(hops):
+        nodes.append({
+            "name": f"hop{i + 1}",
+            "type": "Transformer",
+            "children": [f"hop{i + 2}" if i + 1 < hops else "model"],
+            "transformer": {"input": [{
+                "kind": "StandardScaler", "tensors": ["INPUT"], "mean": [0.0] * WIDTH, "scale": [1.0] * WIDTH,
+            }]},
+        })
+    nodes.append({"name": "model", "type": "Model", "model": {"storageUri": "models/echo"}})
+    manifest = {
+        "apiVersion": "servegraph.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": f"hops-{hops}"},
+        "spec": {"entrypoint": "hop1" if hops else "model", "nodes": nodes},
+    }
+    path = folder / f"hops-{hops}.yaml"
+    path.write_text(yaml.safe_dump(manifest, sort_keys=False))
+    return path
+
+
+CLIENT = textwrap.dedent('''\
+    import asyncio, json, sys, time
+    import numpy as np
+    import tritonclient.grpc.aio as grpcclient
+
+    async def main(port, model, concurrency, requests):
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
+        x = np.arange(%(width)d, dtype=np.float32).reshape(1, %(width)d)
+        inp = grpcclient.InferInput("INPUT", [1, %(width)d], "FP32")
+        inp.set_data_from_numpy(x)
+        out = [grpcclient.InferRequestedOutput("OUTPUT")]
+        got = (await client.infer(model, [inp], outputs=out)).as_numpy("OUTPUT")
+        assert got is not None and np.allclose(got, x), got
+        for _ in range(50):
+            await client.infer(model, [inp], outputs=out)
+        latencies, issued = [], 0
+
+        async def worker():
+            nonlocal issued
+            while issued < requests:
+                issued += 1
+                t0 = time.perf_counter()
+                await client.infer(model, [inp], outputs=out)
+                latencies.append(time.perf_counter() - t0)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - start
+        await client.close()
+        lat = np.array(latencies) * 1e3
+        print(json.dumps({"rps": len(latencies) / wall, "p50": float(np.percentile(lat, 50)),
+                          "p99": float(np.percentile(lat, 99))}))
+
+    import uvloop
+    uvloop.run(main(int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))
+''') % {"width": WIDTH}
+
+
+def entrypoint_model(http_port: int) -> str:
+    """The name the entrypoint serves (a model node: its model; a graph node: the deployment)."""
+    request = urllib.request.Request(f"http://127.0.0.1:{http_port}/v2/repository/index", data=b"{}", method="POST")
+    with urllib.request.urlopen(request, timeout=5) as resp:
+        return str(json.loads(resp.read())[0]["name"])
+
+
+def measure(manifest: Path, hops: int, concurrencies: list[int], requests: int, workdir: Path) -> dict[int, dict]:
+    http, grpc_port, metrics = free_port(), free_port(), free_port()
+    cmd = [sys.executable, "-m", "servegraph", "run", str(manifest), "--http-port", str(http),
+           "--grpc-port", str(grpc_port), "--metrics-port", str(metrics)]
+    server = procs.start_server(f"hops-{hops}", cmd, workdir / f"hops-{hops}.log",
+                                env={"PYTHONPATH": str(ROOT / "src")}, cwd=manifest.parent)
+    results: dict[int, dict] = {}
+    try:
+        procs.wait_ready(server, http, 180.0)
+        model = entrypoint_model(http)
+        for c in concurrencies:
+            proc = subprocess.run(
+                ["taskset", "-c", procs.CLIENT_CORE, sys.executable, "-c", CLIENT, str(grpc_port), model,
+                 str(c), str(requests)],
+                capture_output=True, text=True, env=procs.pinned_env(), timeout=600,
+            )
+            if proc.returncode != 0:
+                raise RuntimeError(f"client failed for {hops} hops, c={c}:\n{proc.stderr[-1500:]}")
+            results[c] = json.loads(proc.stdout.strip().splitlines()[-1])
+    finally:
+        server.stop()
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--hops", default="0,1,2,3")
+    p.add_argument("--concurrency", default="1,16")
+    p.add_argument("--requests", type=int, default=2000)
+    args = p.parse_args(argv)
+    hop_counts = [int(h) for h in args.hops.split(",")]
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    table: dict[int, dict[int, dict]] = {}
+    with tempfile.TemporaryDirectory(prefix="servegraph-hops-") as tmp:
+        folder = Path(tmp)
+        for hops in hop_counts:
+            print(f"[hops] {hops} hops", file=sys.stderr, flush=True)
+            table[hops] = measure(write_graph(folder, hops), hops, concurrencies, args.requests, folder)
+    print(f"Graph hops over gRPC, {args.requests} requests per cell (graph on core {procs.SERVER_CORE}, "
+          f"client on core {procs.CLIENT_CORE}; load average at start {load})\n")
+    header = " | ".join(f"c={c} req/s · p50 · p99 ms | c={c} p50 added per hop" for c in concurrencies)
+    print(f"| hops | {header} |")
+    print("|---:|" + "---:|---:|" * len(concurrencies))
+    base = table.get(0, {})
+    for hops, cells in table.items():
+        row = []
+        for c in concurrencies:
+            cell = cells[c]
+            added = (cell["p50"] - base[c]["p50"]) / hops if hops and c in base else 0.0
+            row.append(f"{cell['rps']:.0f} · {cell['p50']:.2f} · {cell['p99']:.1f} | "
+                       + (f"{added:.2f}" if hops else "–"))
+        print(f"| {hops} | " + " | ".join(row) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
