@@ -26,15 +26,19 @@ def _infer(server: ServerProcess, value: float) -> tuple[int, list[float]]:
         return exc.code, []
 
 
-def _queue_depth(server: ServerProcess) -> float:
+def _metric(server: ServerProcess, prefix: str) -> float:
     try:
         text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics}/metrics", timeout=5).read().decode()
     except OSError:
         return -1
     for line in text.splitlines():
-        if line.startswith("servegraph_queue_depth{"):
+        if line.startswith(prefix):
             return float(line.rsplit(" ", 1)[1])
     return -1
+
+
+def _queue_depth(server: ServerProcess) -> float:
+    return _metric(server, "servegraph_queue_depth{")
 
 
 def _gated_server(repo: Path, tmp_path: Path, *args: str) -> tuple[ServerProcess, Gate]:
@@ -62,6 +66,22 @@ def test_sigterm_drains_every_request_in_flight(repo: Path, tmp_path: Path) -> N
         assert [data[0] for _, data in results] == [i + 1.0 for i in range(6)]
         assert server.process.wait(timeout=30) == 0, server.output()
     finally:
+        server.stop()
+
+
+def test_inflight_requests_are_counted_for_autoscaling(repo: Path, tmp_path: Path) -> None:
+    """The metric an HPA's targetConcurrency scales on: queued plus running, back to 0 after."""
+    server, gate = _gated_server(repo, tmp_path)
+    try:
+        assert _metric(server, "servegraph_inflight_requests ") == 0
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            calls = [pool.submit(_infer, server, float(i)) for i in range(3)]
+            wait_until(lambda: _metric(server, "servegraph_inflight_requests ") == 3, what="three in flight")
+            gate.open()
+            assert [call.result(timeout=60)[0] for call in calls] == [200] * 3
+        wait_until(lambda: _metric(server, "servegraph_inflight_requests ") == 0, what="none in flight")
+    finally:
+        gate.open()
         server.stop()
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from prometheus_client import Gauge
+
 from servegraph import __version__
 from servegraph.runtime.config import ServerSettings
 from servegraph.runtime.protocol import parameters as graph_params
@@ -35,9 +37,11 @@ EXTENSIONS = [
 
 
 class DataPlane:
-    def __init__(self, repository: ModelSource, settings: ServerSettings) -> None:
+    def __init__(self, repository: ModelSource, settings: ServerSettings, inflight: Gauge | None = None) -> None:
         self.repository = repository
         self.settings = settings
+        self.inflight = inflight
+        """Requests being handled, for autoscaling on concurrency (None: not counted)."""
         self.started = False
         """Set once the first repository load (and warm-up) has finished."""
         self.draining = False
@@ -109,7 +113,13 @@ class DataPlane:
             return await self._feedback_request(request)
         model = self.model_for(request)
         self._apply_timeout_parameter(request, model)
-        return await model.infer(request)
+        if self.inflight is None:
+            return await model.infer(request)
+        self.inflight.inc()
+        try:
+            return await model.infer(request)
+        finally:
+            self.inflight.dec()
 
     @staticmethod
     def _apply_timeout_parameter(request: InferRequest, model: Servable) -> None:

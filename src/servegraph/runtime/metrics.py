@@ -58,6 +58,12 @@ class ServerMetrics:
             labels,
             registry=self.registry,
         )
+        self.inflight = Gauge(
+            "servegraph_inflight_requests",
+            "Inference requests this server is handling now (queued or computing): the per-pod"
+            " concurrency an autoscaler's targetConcurrency aims at.",
+            registry=self.registry,
+        )
         self.rejections = Counter(
             "servegraph_rejections",
             "Requests refused before execution, by reason (queue_full, timeout, shutdown).",

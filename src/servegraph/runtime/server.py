@@ -41,7 +41,7 @@ class Server:
         self.settings = settings
         self.metrics = ServerMetrics()
         self.repository = self._model_source(settings, node)
-        self.dataplane = DataPlane(self.repository, settings)
+        self.dataplane = DataPlane(self.repository, settings, self.metrics.inflight)
         self.ports: Ports | None = None
         self._runners: list[web.AppRunner] = []
         self._sites: list[web.TCPSite] = []
