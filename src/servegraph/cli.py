@@ -22,7 +22,8 @@ from servegraph.runtime.cli import add_serve_parser
 def _run(args: argparse.Namespace) -> int:
     from servegraph.local.runner import run
 
-    return run(Path(args.manifest), args.host, args.http_port, args.grpc_port, args.metrics_port)
+    state_dir = Path(args.state_dir) if args.state_dir else None
+    return run(Path(args.manifest), args.host, args.http_port, args.grpc_port, args.metrics_port, state_dir)
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -116,6 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--http-port", type=int, default=8000, help="the entrypoint's HTTP port (0 = any free)")
     run.add_argument("--grpc-port", type=int, default=8001, help="the entrypoint's gRPC port (0 = any free)")
     run.add_argument("--metrics-port", type=int, default=8002, help="the entrypoint's metrics port (0 = any free)")
+    run.add_argument(
+        "--state-dir",
+        help="where bandit routers keep what they learn across runs"
+        " (default: $XDG_STATE_HOME/servegraph/<namespace>/<name>, else ~/.local/state/...)",
+    )
     run.set_defaults(func=_run)
     check = subparsers.add_parser("validate", help="check a ModelDeployment manifest")
     check.add_argument("manifest")

@@ -30,8 +30,11 @@ def scorer(version: int, x: np.ndarray) -> np.ndarray:
     return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def started(manifest: str, tmp_path: Path) -> Iterator[tuple[LocalGraph, httpclient.InferenceServerClient]]:
-    graph = LocalGraph(GRAPHS / manifest, http_port=0, grpc_port=0, metrics_port=0, workdir=tmp_path, log=io.StringIO())
+def started(manifest: str, tmp_path: Path, state_dir: Path | None = None) -> Iterator[tuple[LocalGraph, httpclient.InferenceServerClient]]:
+    graph = LocalGraph(
+        GRAPHS / manifest, http_port=0, grpc_port=0, metrics_port=0, workdir=tmp_path / "work", log=io.StringIO(),
+        state_dir=state_dir or tmp_path / "state",
+    )  # fmt: skip
     graph.start()
     client = httpclient.InferenceServerClient(f"127.0.0.1:{graph.entry.http}")
     try:
@@ -84,6 +87,34 @@ def test_bandit_learns_from_feedback_and_reports_it(tmp_path: Path) -> None:
             with urllib.request.urlopen(request, timeout=10) as response:
                 assert response.status == 200
         assert chosen["scorer-2"] > 150, chosen
+
+
+def _arms(graph: LocalGraph) -> dict[str, dict[str, float]]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{graph.entry.http}/v2/models/bandit/stats", timeout=10) as answer:
+        stats = json.loads(answer.read())
+    arms: dict[str, dict[str, float]] = stats["model_stats"][0]["servegraph"]["arms"]
+    return arms
+
+
+def test_bandit_state_survives_stopping_and_starting_run_again(tmp_path: Path) -> None:
+    state = tmp_path / "kept"
+    for graph, client in started("bandit.yaml", tmp_path / "first", state_dir=state):
+        for i in range(20):
+            result = infer(client, "bandit", np.ones((1, 4), np.float32), request_id=f"r{i}")
+            body = json.dumps({"id": f"r{i}", "reward": 1.0 if route(result).endswith("scorer-2") else 0.0}).encode()
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{graph.entry.http}/v2/models/bandit/feedback", data=body, method="POST"
+            )
+            urllib.request.urlopen(request, timeout=10).close()
+        learned = _arms(graph)
+        assert "bandit state (kept across runs)" in graph.summary()
+    assert sum(arm["pulls"] for arm in learned.values()) == 20
+    assert [f.name for f in state.iterdir()] == ["picker.json"]
+    for graph, _ in started("bandit.yaml", tmp_path / "second", state_dir=state):
+        again = _arms(graph)
+        assert {a: (v["pulls"], v["reward_sum"]) for a, v in again.items()} == {
+            a: (v["pulls"], v["reward_sum"]) for a, v in learned.items()
+        }
 
 
 def test_ensemble_averages_three_scorers(tmp_path: Path) -> None:

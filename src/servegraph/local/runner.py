@@ -165,6 +165,14 @@ def _pump(node: NodeProcess, stream: IO[bytes], out: IO[str], width: int) -> Non
     stream.close()
 
 
+def default_state_dir(namespace: str, name: str, env: dict[str, str] | None = None) -> Path:
+    """Where ``servegraph run`` keeps what must outlive a run (bandit routers' learned state):
+    ``$XDG_STATE_HOME/servegraph/<namespace>/<name>``, by default under ``~/.local/state``."""
+    env = dict(os.environ) if env is None else env
+    base = Path(env["XDG_STATE_HOME"]) if env.get("XDG_STATE_HOME") else Path.home() / ".local" / "state"
+    return base / "servegraph" / namespace / name
+
+
 class LocalGraph:
     """Start, watch and stop every node of one ModelDeployment on this machine."""
 
@@ -177,6 +185,7 @@ class LocalGraph:
         metrics_port: int = 8002,
         workdir: Path | None = None,
         log: IO[str] = sys.stderr,
+        state_dir: Path | None = None,
     ) -> None:
         self.manifest = Path(manifest)
         self.host = host
@@ -188,6 +197,9 @@ class LocalGraph:
             (self.workdir / OWNER_FILE).write_text(str(os.getpid()))
         else:
             self.workdir = workdir
+        meta = self.deployment.metadata
+        self.state_dir = state_dir if state_dir is not None else default_state_dir(meta.namespace, meta.name)
+        """Outlives the run (the workdir does not): bandit state survives a restart of ``run``."""
         self.log = log
         self.ports: dict[str, NodePorts] = {}
         for node in self.deployment.spec.nodes:
@@ -200,7 +212,7 @@ class LocalGraph:
             self.deployment,
             lambda name: Endpoint(http=f"{host}:{self.ports[name].http}", grpc=f"{host}:{self.ports[name].grpc}"),
             manifest_dir=self.manifest.resolve().parent,
-            state_dir=str(self.workdir / "state"),
+            state_dir=str(self.state_dir),
         )
         self.processes: list[NodeProcess] = []
         self._env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -259,7 +271,8 @@ class LocalGraph:
 
         On any failure, every process started is stopped and the error raised.
         """
-        (self.workdir / "state").mkdir(parents=True, exist_ok=True)
+        if self._keeps_state:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
         try:
             self.fetch_models()
             for name in self.graph.order:
@@ -384,6 +397,11 @@ class LocalGraph:
             if waiting:
                 time.sleep(0.1)
 
+    @property
+    def _keeps_state(self) -> bool:
+        """Whether a node keeps state across runs (a bandit router)."""
+        return any(c.router is not None and c.router.state_file for c in self.graph.nodes.values())
+
     def summary(self) -> str:
         """The entry URLs and one line per node, as ``servegraph run`` prints them."""
         entry = self.entry
@@ -403,6 +421,8 @@ class LocalGraph:
                 f"  {node.name:<16} {detail:<40} http :{node.ports.http}  grpc :{node.ports.grpc}"
                 f"  metrics :{node.ports.metrics}{restarted}"
             )
+        if self._keeps_state:
+            lines.append(f"bandit state (kept across runs): {self.state_dir}")
         return "\n".join(lines)
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -437,7 +457,8 @@ def _exit_reason(code: int) -> str:
     return f"exit code {code}"
 
 
-def run(manifest: Path, host: str, http_port: int, grpc_port: int, metrics_port: int) -> int:
+def run(manifest: Path, host: str, http_port: int, grpc_port: int, metrics_port: int,
+        state_dir: Path | None = None) -> int:  # fmt: skip
     """The ``servegraph run`` command: start, print, serve (healing nodes) until Ctrl-C/SIGTERM, stop.
 
     Every user error (an invalid manifest, a model that cannot be fetched or loaded, a node
@@ -449,7 +470,7 @@ def run(manifest: Path, host: str, http_port: int, grpc_port: int, metrics_port:
         stop.set()
 
     try:
-        graph = LocalGraph(manifest, host, http_port, grpc_port, metrics_port)
+        graph = LocalGraph(manifest, host, http_port, grpc_port, metrics_port, state_dir=state_dir)
     except (ValueError, OSError, RenderError, StorageError) as exc:
         print(f"servegraph run: {manifest}: {exc}", file=sys.stderr)
         return 1
