@@ -9,6 +9,8 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from servegraph.operator.children import (
     CONFIG_HASH,
@@ -20,6 +22,7 @@ from servegraph.operator.manifest import load_manifest, parse_manifest
 from servegraph.operator.settings import OperatorSettings
 from servegraph.operator.spec import ModelDeployment
 from servegraph.operator.validation import SpecError
+from tests.install.restricted import restricted_violations
 from tests.operator.conftest import GRAPH, MANIFESTS, ROOT, node
 
 EXAMPLES = sorted((ROOT / "examples" / "graphs").glob("*.yaml")) + sorted(MANIFESTS.glob("*.yaml"))
@@ -32,29 +35,10 @@ def _objects(manifest: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def assert_restricted(pod: dict[str, Any]) -> None:
-    """Pod Security Standards "restricted" (v1.33), plus what servegraph adds for data-plane pods."""
-    security = pod.get("securityContext") or {}
-    # Only a bandit router reaches the API, with its own account limited to its state ConfigMap.
+    """PSS "restricted" (tests/install/restricted.py, also used on the chart's operator pod),
+    plus: only a bandit router reaches the API, with its own account."""
+    assert restricted_violations(pod) == []
     assert pod.get("automountServiceAccountToken") is bool(pod.get("serviceAccountName"))
-    assert not pod.get("hostNetwork") and not pod.get("hostPID") and not pod.get("hostIPC")
-    allowed_volumes = {"configMap", "emptyDir", "persistentVolumeClaim", "secret", "projected", "downwardAPI"}
-    for volume in pod.get("volumes") or []:
-        kinds = set(volume) - {"name"}
-        assert kinds <= allowed_volumes, volume
-    for container in [*(pod.get("initContainers") or []), *pod["containers"]]:
-        context = container.get("securityContext") or {}
-        assert context.get("allowPrivilegeEscalation") is False, container["name"]
-        assert context.get("capabilities", {}).get("drop") == ["ALL"], container["name"]
-        assert not context.get("capabilities", {}).get("add"), container["name"]
-        assert context.get("readOnlyRootFilesystem") is True, container["name"]
-        non_root = context.get("runAsNonRoot", security.get("runAsNonRoot"))
-        user = context.get("runAsUser", security.get("runAsUser"))
-        assert non_root is True and user not in (None, 0), container["name"]
-        seccomp = (context.get("seccompProfile") or security.get("seccompProfile") or {}).get("type")
-        assert seccomp in ("RuntimeDefault", "Localhost"), container["name"]
-        assert not context.get("privileged"), container["name"]
-        for port in container.get("ports") or []:
-            assert "hostPort" not in port
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
@@ -231,3 +215,38 @@ def test_a_bandit_router_shares_its_state_through_a_config_map_only_it_may_touch
     assert [e["name"] for e in pod["containers"][0]["env"]] == ["POD_NAME", "POD_NAMESPACE"]
     others = [o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] != name]
     assert all(o["spec"]["template"]["spec"]["automountServiceAccountToken"] is False for o in others)
+
+
+QUANTITIES = st.sampled_from(["100m", "2", "0.5", "512Mi", "4Gi"])
+MODEL_SETTINGS = st.fixed_dictionaries(
+    {},
+    optional={
+        "resources": st.fixed_dictionaries(
+            {}, optional={"cpu": QUANTITIES, "memory": QUANTITIES, "gpu": st.integers(0, 4)}
+        ),
+        "replicas": st.integers(1, 5),
+        "autoscaling": st.builds(
+            lambda low, extra, cpu: {"minReplicas": low, "maxReplicas": low + extra, "targetCpuUtilizationPercentage": cpu},
+            st.integers(1, 3), st.integers(0, 5), st.integers(10, 100),
+        ),
+        "storageUri": st.sampled_from(["models/m", "s3://bucket/m", "gs://bucket/m", "https://x/m.tgz", "pvc://claim/m"]),
+        "storageSecret": st.sampled_from(["creds", "s3-keys"]),
+        "nodeSelector": st.dictionaries(st.sampled_from(["gpu", "zone", "pool"]), st.sampled_from(["a", "b"]), max_size=2),
+        "tolerations": st.lists(st.fixed_dictionaries({"key": st.sampled_from(["ml", "spot"]), "operator": st.just("Exists")}), max_size=2),
+    },
+)
+
+
+@settings(max_examples=25, deadline=None)
+@given(models=st.lists(MODEL_SETTINGS, min_size=3, max_size=3), bandit=st.booleans())
+def test_generated_specs_render_restricted_valid_pods(models: list[dict[str, Any]], bandit: bool) -> None:
+    """S1 over many specs: whatever a model asks for, every pod is restricted and valid."""
+    manifest = copy.deepcopy(GRAPH)
+    for name, extra in zip(("a", "b", "c"), models, strict=True):
+        node(manifest, name)["model"].update(copy.deepcopy(extra))
+    if bandit:
+        node(manifest, "split")["router"] = {"strategy": "ThompsonSampling"}
+    for obj in _objects(manifest):
+        kubernetes_validate.validate(obj, "1.33.0", strict=True)
+        if obj["kind"] == "Deployment":
+            assert_restricted(obj["spec"]["template"]["spec"])
