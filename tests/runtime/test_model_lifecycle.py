@@ -1,12 +1,17 @@
-"""A served version's instances: unloaded off the event loop."""
+"""A served version's instances: unloaded off the event loop, and never left loaded by a failed load."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 import time
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
+import pytest
+
+from servegraph.runtime import model as model_module
 from servegraph.runtime.batching.cost import CostCurve
 from servegraph.runtime.config import InstanceGroup, ModelConfig, TensorConfig
 from servegraph.runtime.model import ServedModel
@@ -58,3 +63,18 @@ async def test_unload_runs_in_a_worker_thread_and_the_loop_keeps_running() -> No
     assert instance.unloaded == [0]
     assert instance.unload_thread is not threading.main_thread()
 
+
+def test_a_failed_instance_unloads_the_instances_already_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    unloaded: list[int] = []
+    loaded: list[Instance] = []
+
+    def load(cfg: ModelConfig, version_dir: Path) -> Instance:
+        if len(loaded) == 2:
+            raise RuntimeError("out of memory on instance 3")
+        loaded.append(Instance(len(loaded), unloaded))
+        return loaded[-1]
+
+    monkeypatch.setattr(model_module, "backend_module", lambda name: SimpleNamespace(load=load))
+    with pytest.raises(RuntimeError, match="out of memory on instance 3"):
+        ServedModel.load(config(instances=3), "1", Path("."))
+    assert sorted(unloaded) == [0, 1]

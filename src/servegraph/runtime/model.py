@@ -2,7 +2,8 @@
 
 Loading (backend load + warm-up) is blocking and runs in a worker thread; ``start()``
 then attaches the batcher to the running loop. Unloading (the user's ``unload()`` or
-``finalize()``) runs in a worker thread too.
+``finalize()``) runs in a worker thread too, and a version whose load fails part-way
+unloads the instances it had loaded.
 """
 
 from __future__ import annotations
@@ -144,9 +145,14 @@ class ServedModel:
         """Blocking: load every instance and warm it up (call from a worker thread)."""
         config = resolve_signature(config, version_dir)
         module = backend_module(config.backend)
-        instances: list[LoadedModel] = [
-            module.load(config, version_dir) for _ in range(config.instance_count)
-        ]
+        instances: list[LoadedModel] = []
+        try:
+            for _ in range(config.instance_count):
+                instances.append(module.load(config, version_dir))
+        except Exception:
+            # A later instance failed: the ones already loaded must not stay loaded.
+            _unload_all(instances)
+            raise
         try:
             curve = warm_up(config, instances) if config.warmup else CostCurve()
         except Exception as exc:
