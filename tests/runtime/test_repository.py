@@ -120,6 +120,35 @@ async def test_new_version_is_picked_up_under_load_without_errors(repo: Path, tm
             await client.close()
 
 
+async def test_a_retired_versions_metric_series_are_removed(repo: Path, tmp_path: Path) -> None:
+    add_model(repo, "m", fp32_model_config(), versioned_source(1))
+    async with serve(repo, repository_poll_secs=0.1) as server:
+        client = grpcaio.InferenceServerClient(grpc_url(server.ports))
+
+        def series(version: str) -> list[str]:
+            text = server.metrics.render().decode()
+            return [line for line in text.splitlines() if 'model="m"' in line and f'version="{version}"' in line]
+
+        try:
+            assert await _served_by(client) == 1
+            bad = grpcaio.InferInput("INPUT", [1, 3], "FP32")
+            bad.set_data_from_numpy(np.zeros((1, 3), np.float32))
+            with pytest.raises(InferenceServerException):
+                await client.infer("m", [bad])  # an "invalid" outcome series too
+            assert any('outcome="invalid"' in line for line in series("1"))
+            staged = add_version(tmp_path, "staging", 2, versioned_source(2))
+            shutil.move(str(staged), str(repo / "m" / "2"))
+            await eventually(
+                lambda: [r["version"] for r in server.dataplane.repository_index()] == ["2"],
+                what="version 1 to be retired",
+            )
+            assert await _served_by(client) == 2
+            await eventually(lambda: not series("1"), what="version 1's series to be removed")
+            assert any("servegraph_request_latency_seconds" in line for line in series("2"))
+        finally:
+            await client.close()
+
+
 async def test_a_broken_model_is_unavailable_and_the_rest_serve(repo: Path) -> None:
     add_model(repo, "broken", fp32_model_config(), DOUBLES / "broken.py")
     add_model(repo, "m", fp32_model_config(), versioned_source(1))

@@ -74,6 +74,28 @@ class ServerMetrics:
     def for_model(self, model: str, version: str) -> ModelMetrics:
         return ModelMetrics(self, model, version)
 
+    def remove_model(self, model: str, version: str) -> None:
+        """Drop every series of a retired version, so a rolling model's label sets don't pile up."""
+        for histogram_or_gauge in (
+            self.request_latency, self.queue_time, self.compute_time, self.batch_size, self.queue_depth,
+        ):  # fmt: skip
+            try:
+                histogram_or_gauge.remove(model, version)
+            except KeyError:
+                pass
+        for counter, label in ((self.requests, "outcome"), (self.rejections, "reason")):
+            values = {
+                sample.labels[label]
+                for family in counter.collect()
+                for sample in family.samples
+                if sample.labels.get("model") == model and sample.labels.get("version") == version
+            }
+            for value in values:
+                try:
+                    counter.remove(model, version, value)
+                except KeyError:
+                    pass
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 

@@ -1,12 +1,15 @@
 """A served model version: its instances, warm-up, request checks and batcher.
 
 Loading (backend load + warm-up) is blocking and runs in a worker thread; ``start()``
-then attaches the batcher to the running loop.
+then attaches the batcher to the running loop. Unloading (the user's ``unload()`` or
+``finalize()``) runs in a worker thread too, and a version whose load fails part-way
+unloads the instances it had loaded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,8 @@ from servegraph.runtime.protocol.errors import (
 )
 from servegraph.runtime.protocol.types import InferRequest, InferResponse
 from servegraph.runtime.stats import ModelStats
+
+log = logging.getLogger(__name__)
 
 WARMUP_TIMED_RUNS = 3
 
@@ -101,6 +106,15 @@ def warm_up(config: ModelConfig, instances: list[LoadedModel]) -> CostCurve:
     return curve
 
 
+def _unload_all(instances: list[LoadedModel]) -> None:
+    """Blocking: unload every instance, each even if an earlier one raised (logged)."""
+    for instance in instances:
+        try:
+            instance.unload()
+        except Exception:
+            log.exception("unloading a model instance failed")
+
+
 class ServedModel:
     """One loaded version of one model."""
 
@@ -131,14 +145,18 @@ class ServedModel:
         """Blocking: load every instance and warm it up (call from a worker thread)."""
         config = resolve_signature(config, version_dir)
         module = backend_module(config.backend)
-        instances: list[LoadedModel] = [
-            module.load(config, version_dir) for _ in range(config.instance_count)
-        ]
+        instances: list[LoadedModel] = []
+        try:
+            for _ in range(config.instance_count):
+                instances.append(module.load(config, version_dir))
+        except Exception:
+            # A later instance failed: the ones already loaded must not stay loaded.
+            _unload_all(instances)
+            raise
         try:
             curve = warm_up(config, instances) if config.warmup else CostCurve()
         except Exception as exc:
-            for instance in instances:
-                instance.unload()
+            _unload_all(instances)
             raise RuntimeError(f"warm-up failed: {type(exc).__name__}: {exc}") from exc
         return cls(config, version, instances, curve)
 
@@ -161,8 +179,8 @@ class ServedModel:
         if self.batcher is not None:
             drained = await self.batcher.close(timeout)
         if drained:
-            for instance in self.instances:
-                instance.unload()
+            # User unload()/finalize() may block: never on the event loop.
+            await asyncio.to_thread(_unload_all, self.instances)
         return drained
 
     @property

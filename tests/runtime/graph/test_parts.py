@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -193,6 +196,33 @@ def test_drift_window_slides_and_tests_only_with_enough_rows() -> None:
     stats = drift.stats()
     assert stats["rows_in_window"] == 50 and stats["rows_seen"] == 160 and stats["drift_detected"]
     assert set(stats["p_values"]) == {"INPUT[0]", "INPUT[1]"}
+
+
+async def test_drift_ks_tests_run_off_the_event_loop() -> None:
+    from servegraph.runtime.graph.transforms import run_steps
+
+    reference = np.random.default_rng(0).normal(size=(2000, 4))
+    drift = DriftDetector("s", "n", [], reference, window=100, p_value_threshold=0.05, metrics=metrics())
+    threads: list[threading.Thread] = []
+    ks = drift._ks_2samp
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        threads.append(threading.current_thread())
+        return ks(*args, **kwargs)
+
+    drift._ks_2samp = recording
+    rng = np.random.default_rng(1)
+    await run_steps([drift], batch(rng.normal(size=(40, 4))))  # enough rows: tested when applied
+    await run_steps([drift], batch(rng.normal(size=(3, 4))))  # fewer than a tenth: untested
+    assert drift.tests == 1
+    stats = drift.stats()  # read on the loop: the pending test starts in a thread
+    assert stats["p_values"] is not None
+    deadline = time.monotonic() + 10
+    while drift.tests < 2:
+        assert time.monotonic() < deadline, "the test pending at the statistics read never ran"
+        await asyncio.sleep(0.01)
+    assert drift.stats()["rows_in_window"] == 43
+    assert len(threads) == 2 and threading.main_thread() not in threads
 
 
 def test_parameter_and_reference_files(tmp_path: Path) -> None:

@@ -227,7 +227,16 @@ class ModelRepository:
         log.info("unloading model '%s' version %d", entry.name, version)
         if ve.served is not None:
             # Out of routing first (popped above), then drained in the background.
-            self._spawn(ve.served.close(self._drain_timeout))
+            self._spawn(self._close_retired(entry.name, version, ve.served))
+
+    async def _close_retired(self, name: str, version: int, served: ServedModel) -> bool:
+        """Drain and unload a retired version, then drop its metric series (unless it is back)."""
+        try:
+            return await served.close(self._drain_timeout)
+        finally:
+            back = self.models.get(name)
+            if back is None or version not in back.versions:
+                self._metrics.remove_model(name, str(version))
 
     async def _retire_model(self, name: str) -> None:
         entry = self.models.pop(name)
