@@ -250,3 +250,18 @@ def test_generated_specs_render_restricted_valid_pods(models: list[dict[str, Any
         kubernetes_validate.validate(obj, "1.33.0", strict=True)
         if obj["kind"] == "Deployment":
             assert_restricted(obj["spec"]["template"]["spec"])
+
+
+def test_transformer_files_resolve_inside_the_runtime_image() -> None:
+    """A step's relative file (written for servegraph run) is read where the image ships examples."""
+    deployment = load_manifest(ROOT / "examples" / "graphs" / "transformer-chain.yaml")
+    objects = desired_children(deployment, UID, SETTINGS).objects
+    files = [
+        step[key]
+        for text in objects[0]["data"].values()
+        for side in ("input", "output")
+        for step in (yaml.safe_load(text).get("transformer") or {}).get(side, [])
+        for key in ("params_file", "reference_file", "file")
+        if step.get(key)
+    ]
+    assert files and all(f.startswith(SETTINGS.relative_model_root + "/") for f in files), files

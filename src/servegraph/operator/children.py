@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -139,12 +140,15 @@ def is_bandit(node: Node) -> bool:
     return node.router is not None and node.router.strategy in BANDITS
 
 
-def render_for_cluster(deployment: ModelDeployment) -> RenderedGraph:
+def render_for_cluster(deployment: ModelDeployment, files_root: str = "") -> RenderedGraph:
     """``render_graph`` with Service DNS names as endpoints (raises SpecError when invalid).
 
+    Relative file paths of transformer steps (written for ``servegraph run``, relative to the
+    manifest) are looked up under ``files_root`` in the image, as relative storageUris are.
     Bandit routers keep their state in a ConfigMap all their replicas share.
     """
-    graph = render_graph(deployment, lambda node: endpoint(deployment, node))
+    root = Path(files_root) if files_root else None
+    graph = render_graph(deployment, lambda node: endpoint(deployment, node), manifest_dir=root)
     nodes = dict(graph.nodes)
     for name, config in graph.nodes.items():
         if config.router is not None and is_bandit(deployment.node(name)):
@@ -155,7 +159,7 @@ def render_for_cluster(deployment: ModelDeployment) -> RenderedGraph:
 
 def desired_children(deployment: ModelDeployment, uid: str, settings: OperatorSettings) -> DesiredChildren:
     """Every object the ModelDeployment should own; pure (raises SpecError on an invalid spec)."""
-    graph = render_for_cluster(deployment)
+    graph = render_for_cluster(deployment, settings.relative_model_root)
     owner = owner_reference(deployment, uid)
     files = config_files(graph)
     objects: list[Object] = [_config_map(deployment, files, owner)]
