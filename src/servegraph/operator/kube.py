@@ -19,6 +19,8 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
+from servegraph.operator.settings import FIELD_MANAGER
+
 Object = dict[str, Any]
 T = TypeVar("T")
 
@@ -152,13 +154,16 @@ class Kube:
 
     def create(self, body: Object) -> Object:
         meta = body["metadata"]
-        created: Object = self._call("POST", RESOURCES[body["kind"]].path(meta["namespace"]), body)
+        path = RESOURCES[body["kind"]].path(meta["namespace"])
+        created: Object = self._call("POST", path, body, query=[("fieldManager", FIELD_MANAGER)])
         return created
 
     def patch(self, kind: str, namespace: str, name: str, body: Object, subresource: str = "") -> Object:
         """A JSON merge patch (RFC 7386): what ``body`` says, the rest of the object untouched."""
         path = RESOURCES[kind].path(namespace, name, subresource)
-        patched: Object = self._call("PATCH", path, body, content_type="application/merge-patch+json")
+        patched: Object = self._call(
+            "PATCH", path, body, query=[("fieldManager", FIELD_MANAGER)], content_type="application/merge-patch+json"
+        )
         return patched
 
     def delete(self, kind: str, namespace: str, name: str) -> bool:

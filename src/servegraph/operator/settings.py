@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from pydantic import BaseModel, ConfigDict, Field
 
 FIELD_MANAGER = "servegraph"
-"""The name our writes carry (managedFields), so others' fields are told apart from ours."""
+"""The name our writes carry (``fieldManager``, seen in managedFields), so that others'
+fields, an HPA's or a GitOps tool's, are told apart from ours."""
 
 FINALIZER = "servegraph.io/finalizer"
 """Only used if kopf ever needs one; the operator itself relies on owner references."""
@@ -49,9 +50,6 @@ class OperatorSettings(BaseModel):
             "Where a relative storageUri (written for servegraph run) is looked up inside the"
             " runtime image, which ships the examples there."
         ),
-    )
-    resync_secs: float = Field(
-        60.0, gt=0, description="How often each ModelDeployment's children are compared anyway."
     )
 
     @classmethod
