@@ -13,7 +13,6 @@ in a closed loop and reports requests/s, p50 and p99, and the p50 each hop adds.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import subprocess
 import sys

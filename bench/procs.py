@@ -7,9 +7,11 @@ to each process group and SIGKILL to what is still alive after a grace period.
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import signal
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -129,3 +131,29 @@ def stop_all() -> None:
 
 
 atexit.register(stop_all)
+
+
+LOADGEN = Path(__file__).resolve().parent / "loadgen.py"
+
+
+def run_loadgen(spec: dict, timeout: float) -> dict:
+    """Run loadgen.py on the client core with ``spec``; its result (the last stdout line)."""
+    out = subprocess.run(
+        ["taskset", "-c", CLIENT_CORE, sys.executable, str(LOADGEN), json.dumps(spec)],
+        env=pinned_env(), capture_output=True, text=True, timeout=timeout,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"load generator failed: {out.stderr.strip()[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def counted_cell(spec: dict, label: str) -> dict:
+    """One count-mode cell (``spec["requests"]`` requests): its figures, or an error naming
+    ``label`` when the answers were wrong or any request failed."""
+    result = run_loadgen(spec, timeout=600)
+    if not result["check"]["ok"]:
+        raise RuntimeError(f"{label}: answer check failed: {result['check']['detail']}")
+    cell = result["cells"][0]
+    if cell["errors"]:
+        raise RuntimeError(f"{label}: {cell['errors']} errors, first: {cell['first_error']}")
+    return dict(cell)

@@ -150,19 +150,7 @@ def run_loadgen(protocol: str, ports: Ports, pid: int, concurrency: int, request
         "concurrencies": [concurrency], "seconds": 0.0, "warmup": 0.0,
         "server_pid": pid, "requests": requests,
     }
-    proc = subprocess.run(
-        ["taskset", "-c", procs.CLIENT_CORE, sys.executable, str(BENCH / "loadgen.py"), json.dumps(spec)],
-        capture_output=True, text=True, env=procs.pinned_env(), timeout=600,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"loadgen failed:\n{proc.stderr[-2000:]}")
-    result = json.loads(proc.stdout)
-    if not result["check"]["ok"]:
-        raise RuntimeError(f"{protocol}: answer check failed: {result['check']['detail']}")
-    cell = result["cells"][0]
-    if cell["errors"]:
-        raise RuntimeError(f"{protocol}: {cell['errors']} errors, first: {cell['first_error']}")
-    return dict(cell)
+    return procs.counted_cell(spec, protocol)
 
 
 def spy_buckets(raw: Path, main_tid: int) -> tuple[Counter[str], Counter[int], set[int]]:

@@ -111,13 +111,7 @@ def drive(target: Target, protocol: str, ports: Ports, server_pid: int, args: ar
         "http_headers": target.http_headers,
     }
     budget = len(args.concurrency) * (args.seconds + args.warmup + 30) + LOADGEN_SLACK_S
-    out = subprocess.run(
-        ["taskset", "-c", procs.CLIENT_CORE, sys.executable, str(BENCH / "loadgen.py"), json.dumps(spec)],
-        env=procs.pinned_env(), capture_output=True, text=True, timeout=budget,
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"load generator failed: {out.stderr.strip()[-500:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return procs.run_loadgen(spec, timeout=budget)
 
 
 def bench_target(target: Target, args: argparse.Namespace, result: RunResult) -> None:

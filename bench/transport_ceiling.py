@@ -260,19 +260,7 @@ def drive(candidate: str, port: int, pid: int, concurrency: int, requests: int) 
         "protocol": protocol, "http_port": port, "grpc_port": port, "concurrencies": [concurrency],
         "seconds": 0.0, "warmup": 0.0, "server_pid": pid, "requests": requests,
     }
-    proc = subprocess.run(
-        ["taskset", "-c", procs.CLIENT_CORE, sys.executable, str(BENCH / "loadgen.py"), json.dumps(spec)],
-        capture_output=True, text=True, env=procs.pinned_env(), timeout=600,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"loadgen failed:\n{proc.stderr[-2000:]}")
-    result = json.loads(proc.stdout)
-    if not result["check"]["ok"]:
-        raise RuntimeError(f"{candidate}: check failed: {result['check']['detail']}")
-    cell = result["cells"][0]
-    if cell["errors"]:
-        raise RuntimeError(f"{candidate}: {cell['errors']} errors, first {cell['first_error']}")
-    return dict(cell)
+    return procs.counted_cell(spec, candidate)
 
 
 def measure(candidate: str, args: argparse.Namespace, workdir: Path) -> tuple[float, float, float]:
