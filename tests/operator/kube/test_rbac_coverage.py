@@ -22,8 +22,8 @@ from tests.install.rbac import never_used, not_allowed
 from tests.operator.conftest import GRAPH, node
 
 from .conftest import OperatorRunner
-from .emulator import MODELDEPLOYMENTS, ServegraphEmulator
-from .test_reconcile import FULL, NS, condition, eventually, mdep, names, roll_out, settled
+from .emulator import MODELDEPLOYMENTS, ServegraphEmulator, eventually
+from .test_reconcile import FULL, NS, condition, mdep, names, roll_out, settled
 
 
 def _everything() -> dict[str, Any]:
@@ -58,17 +58,17 @@ async def test_every_call_is_allowed_and_every_rule_is_used(
 
     async with run_operator(registry, posting, watched=[MODELDEPLOYMENTS, *FULL.values()]):
         emulator.create_object(MODELDEPLOYMENTS, _everything(), namespace=NS)
-        await eventually(lambda: len(names(emulator, "deployments")) == 7, what="seven Deployments")
+        await eventually(timeout=15, predicate=lambda: len(names(emulator, "deployments")) == 7, what="seven Deployments")
         roll_out(emulator)
-        await eventually(lambda: (condition(mdep(emulator), "Ready") or {}).get("status") == "True", what="Ready")
+        await eventually(timeout=15, predicate=lambda: (condition(mdep(emulator), "Ready") or {}).get("status") == "True", what="Ready")
         await settled(emulator)
         for plural, (name, edit) in HAND_EDITS.items():
             before = len(emulator.writes("patch", plural))
             emulator.patch_object(FULL[plural], NS, name, edit)
-            await eventually(lambda: len(emulator.writes("patch", plural)) > before, what=f"{plural} put back")
+            await eventually(timeout=15, predicate=lambda: len(emulator.writes("patch", plural)) > before, what=f"{plural} put back")
         # Back to the plain graph: node d, the HPA, the budget and the router's account go.
         emulator.patch_object(MODELDEPLOYMENTS, NS, "graph", {"spec": {"nodes": GRAPH["spec"]["nodes"]}})
-        await eventually(lambda: not emulator.list_objects("autoscaling/v2/horizontalpodautoscalers", NS)
+        await eventually(timeout=15, predicate=lambda: not emulator.list_objects("autoscaling/v2/horizontalpodautoscalers", NS)
                          and not emulator.list_objects("rbac.authorization.k8s.io/v1/roles", NS))  # fmt: skip
         await settled(emulator)
     calls = {(verb, group, resource) for group, resource, verb in emulator.rbac_rules()}

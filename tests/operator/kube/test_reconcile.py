@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-from collections.abc import Callable
 from typing import Any
 
 import kopf
@@ -24,7 +23,7 @@ from servegraph.operator.settings import OperatorSettings
 from tests.operator.conftest import GRAPH, node
 
 from .conftest import OperatorRunner
-from .emulator import MODELDEPLOYMENTS, ServegraphEmulator
+from .emulator import MODELDEPLOYMENTS, ServegraphEmulator, eventually
 
 NS = "default"
 FULL = {
@@ -56,19 +55,6 @@ def recorder() -> Recorder:
 def reconciler(api_client: kubernetes.client.ApiClient, recorder: Recorder) -> Reconciler:
     kube = Kube(api_client, backoffs=(0.05, 0.1, 0.2))  # short: a stopped emulator must not hold teardown
     return Reconciler(kube, OperatorSettings(), notify=recorder, now=lambda: "2026-12-03T00:00:00Z")
-
-
-async def eventually(check: Callable[[], Any], timeout: float = 15.0, what: str = "") -> Any:
-    """Poll ``check`` until it returns something truthy, or fail after ``timeout`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if loop.time() > deadline:
-            raise AssertionError(f"not after {timeout}s: {what or check}")
-        await asyncio.sleep(0.02)
 
 
 def operating(run_operator: OperatorRunner, reconciler: Reconciler) -> contextlib.AbstractAsyncContextManager[None]:
@@ -128,9 +114,9 @@ async def settled(emulator: ServegraphEmulator, quiet: float = 0.5, timeout: flo
 async def converged(emulator: ServegraphEmulator) -> dict[str, Any]:
     """Create GRAPH, let the operator build it, report the pods up; the ready body."""
     create(emulator, copy.deepcopy(GRAPH))
-    await eventually(lambda: len(names(emulator, "deployments")) == 6, what="six Deployments")
+    await eventually(timeout=15, predicate=lambda: len(names(emulator, "deployments")) == 6, what="six Deployments")
     roll_out(emulator)
-    await eventually(lambda: (condition(mdep(emulator), "Ready") or {}).get("status") == "True", what="Ready=True")
+    await eventually(timeout=15, predicate=lambda: (condition(mdep(emulator), "Ready") or {}).get("status") == "True", what="Ready=True")
     await settled(emulator)
     return mdep(emulator)
 
@@ -140,7 +126,7 @@ async def test_a_new_graph_gets_its_children_and_a_truthful_status(
 ) -> None:
     async with operating(run_operator, reconciler):
         create(emulator, copy.deepcopy(GRAPH))
-        await eventually(lambda: condition(mdep(emulator), "Ready"), what="a Ready condition")
+        await eventually(timeout=15, predicate=lambda: condition(mdep(emulator), "Ready"), what="a Ready condition")
         assert names(emulator, "deployments") == [f"graph-{n}" for n in NODES]
         assert names(emulator, "services") == [f"graph-{n}" for n in NODES]
         assert names(emulator, "configmaps") == ["graph-graph"]
@@ -174,7 +160,7 @@ async def test_ready_after_the_rollout_and_an_unchanged_world_writes_nothing(
         await reconciler.reconcile(NS, "graph")  # a resync
         expired = emulator.expire_watches()  # 410 Gone: kopf relists and sees every object again
         assert expired >= 5
-        await eventually(lambda: emulator.watching(MODELDEPLOYMENTS) >= 1, what="the watch is back")
+        await eventually(timeout=15, predicate=lambda: emulator.watching(MODELDEPLOYMENTS) >= 1, what="the watch is back")
         await settled(emulator)
         assert emulator.writes()[before:] == []
 
@@ -192,7 +178,7 @@ async def test_reapplying_the_same_manifest_makes_the_operator_write_nothing(
             {"metadata": {"annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{...}"}},
              "spec": copy.deepcopy(GRAPH["spec"])},
         )  # fmt: skip
-        await eventually(
+        await eventually(timeout=15, predicate=
             lambda: sum(1 for c in emulator.calls if c.verb == "get" and c.resource == "modeldeployments") > reads,
             what="a reconcile of the re-applied object",
         )
@@ -208,7 +194,7 @@ async def test_a_changed_node_patches_only_its_own_deployment(
         await converged(emulator)
         before = len(emulator.writes("patch"))
         emulator.patch_object(MODELDEPLOYMENTS, NS, "graph", {"spec": {"nodes": _with(GRAPH, "ens", combiner={"method": "Max"})}})
-        await eventually(lambda: mdep(emulator)["status"]["observedGeneration"] == 2, what="generation 2 observed")
+        await eventually(timeout=15, predicate=lambda: mdep(emulator)["status"]["observedGeneration"] == 2, what="generation 2 observed")
         await settled(emulator)
         patched = {(w[2], w[4]) for w in emulator.writes("patch")[before:]}
         assert patched == {("configmaps", "graph-graph"), ("deployments", "graph-ens"), ("modeldeployments", "graph")}
@@ -231,11 +217,11 @@ async def test_an_added_node_gets_its_objects_and_a_removed_one_loses_them(
         node(bigger, "ens")["children"] = ["b", "c", "d"]
         bigger["spec"]["nodes"].append({"name": "d", "type": "Model", "model": {"storageUri": "models/d"}})
         emulator.patch_object(MODELDEPLOYMENTS, NS, "graph", {"spec": {"nodes": bigger["spec"]["nodes"]}})
-        await eventually(lambda: "graph-d" in names(emulator, "deployments") and "graph-d" in names(emulator, "services"))
+        await eventually(timeout=15, predicate=lambda: "graph-d" in names(emulator, "deployments") and "graph-d" in names(emulator, "services"))
         assert "d.overrides.json" in emulator.get_object(FULL["configmaps"], NS, "graph-graph")["data"]  # type: ignore[index]
         emulator.patch_object(MODELDEPLOYMENTS, NS, "graph", {"spec": {"nodes": GRAPH["spec"]["nodes"]}})
-        await eventually(lambda: "graph-d" not in names(emulator, "deployments") + names(emulator, "services"))
-        await eventually(lambda: "d.overrides.json" not in emulator.get_object(FULL["configmaps"], NS, "graph-graph")["data"])  # type: ignore[index]
+        await eventually(timeout=15, predicate=lambda: "graph-d" not in names(emulator, "deployments") + names(emulator, "services"))
+        await eventually(timeout=15, predicate=lambda: "d.overrides.json" not in emulator.get_object(FULL["configmaps"], NS, "graph-graph")["data"])  # type: ignore[index]
         assert len(names(emulator, "deployments")) == 6
 
 
@@ -243,16 +229,16 @@ async def test_hand_edits_and_deletions_are_put_back(emulator: ServegraphEmulato
     async with operating(run_operator, reconciler):
         await converged(emulator)
         emulator.delete_object(FULL["deployments"], NS, "graph-pre")
-        await eventually(lambda: "graph-pre" in names(emulator, "deployments"), what="graph-pre recreated")
+        await eventually(timeout=15, predicate=lambda: "graph-pre" in names(emulator, "deployments"), what="graph-pre recreated")
         emulator.patch_object(FULL["services"], NS, "graph-split", {"spec": {"ports": [{"name": "http", "port": 9999}]}})
 
         def restored() -> bool:
             ports = emulator.get_object(FULL["services"], NS, "graph-split")["spec"]["ports"]  # type: ignore[index]
             return [p["port"] for p in ports] == [8000, 8001, 8002]
 
-        await eventually(restored, what="the Service's ports restored")
+        await eventually(timeout=15, predicate=restored, what="the Service's ports restored")
         emulator.patch_object(FULL["configmaps"], NS, "graph-graph", {"data": {"pre.json": "{}"}})
-        await eventually(lambda: emulator.get_object(FULL["configmaps"], NS, "graph-graph")["data"]["pre.json"] != "{}")  # type: ignore[index]
+        await eventually(timeout=15, predicate=lambda: emulator.get_object(FULL["configmaps"], NS, "graph-graph")["data"]["pre.json"] != "{}")  # type: ignore[index]
 
 
 async def test_an_invalid_spec_is_reported_and_touches_nothing(
@@ -264,7 +250,7 @@ async def test_an_invalid_spec_is_reported_and_touches_nothing(
         cyclic = [{k: v for k, v in n.items() if v is not None} for n in cyclic]
         before = len(emulator.writes())
         emulator.patch_object(MODELDEPLOYMENTS, NS, "graph", {"spec": {"nodes": cyclic}})
-        body = await eventually(lambda: (b := mdep(emulator)) and condition(b, "InvalidSpec") and b, what="InvalidSpec")
+        body = await eventually(timeout=15, predicate=lambda: (b := mdep(emulator)) and condition(b, "InvalidSpec") and b, what="InvalidSpec")
         assert "cycle" in condition(body, "InvalidSpec")["message"]  # type: ignore[index]
         assert condition(body, "Ready")["reason"] == "InvalidSpec"  # type: ignore[index]
         await settled(emulator)
@@ -297,7 +283,7 @@ async def test_stuck_pods_reach_the_status(emulator: ServegraphEmulator, run_ope
             found = condition(mdep(emulator), "Degraded")
             return found if found and found["status"] == "True" else None
 
-        found = await eventually(degraded, what="Degraded")
+        found = await eventually(timeout=15, predicate=degraded, what="Degraded")
         assert found["reason"] == "Unschedulable" and "nvidia.com/gpu" in found["message"]
         assert condition(mdep(emulator), "Ready")["status"] == "False"  # type: ignore[index]
         node_a = next(n for n in mdep(emulator)["status"]["nodes"] if n["name"] == "a")
@@ -311,8 +297,8 @@ async def test_api_errors_are_retried_without_duplicates(emulator: ServegraphEmu
         emulator.inject("patch", "modeldeployments", 409, subresource="status")
         emulator.inject("get", "configmaps", 503)
         create(emulator, copy.deepcopy(GRAPH))
-        await eventually(lambda: len(names(emulator, "deployments")) == 6 and len(names(emulator, "services")) == 6)
-        await eventually(lambda: condition(mdep(emulator), "Ready"), what="status written")
+        await eventually(timeout=15, predicate=lambda: len(names(emulator, "deployments")) == 6 and len(names(emulator, "services")) == 6)
+        await eventually(timeout=15, predicate=lambda: condition(mdep(emulator), "Ready"), what="status written")
         await settled(emulator)
         done = sorted(w[2] for w in emulator.writes("create", ok=True))
         assert done == ["configmaps"] + ["deployments"] * 6 + ["services"] * 6
@@ -348,7 +334,7 @@ async def test_an_object_someone_else_owns_is_a_conflict(
             found = condition(mdep(emulator), "Ready")
             return found if found and found["reason"] == "ChildConflict" else None
 
-        found = await eventually(conflict, what="ChildConflict")
+        found = await eventually(timeout=15, predicate=conflict, what="ChildConflict")
         assert "Service graph-pre" in found["message"]
         assert emulator.get_object(FULL["services"], NS, "graph-pre")["spec"]["ports"] == [{"port": 80}]  # type: ignore[index]
         await settled(emulator)  # and no hot loop
@@ -358,6 +344,6 @@ async def test_deleting_the_graph_deletes_its_children(emulator: ServegraphEmula
     async with operating(run_operator, reconciler):
         await converged(emulator)
         emulator.delete_object(MODELDEPLOYMENTS, NS, "graph")
-        await eventually(lambda: names(emulator, "deployments") == [] and names(emulator, "configmaps") == [])
+        await eventually(timeout=15, predicate=lambda: names(emulator, "deployments") == [] and names(emulator, "configmaps") == [])
         assert names(emulator, "services") == []
         await settled(emulator)

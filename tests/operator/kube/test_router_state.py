@@ -28,6 +28,17 @@ def store(emulator: ServegraphEmulator, replica: str) -> ConfigMapState:
     )  # fmt: skip
 
 
+def config_map(emulator: ServegraphEmulator, **data: str) -> None:
+    """The router's state ConfigMap, as the operator creates it (plus ``data`` left by pods)."""
+    body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": NAME}, "data": data}
+    emulator.create_object("v1/configmaps", body, namespace=NS)
+
+
+def gone_pod(pulls: int, reward_sum: float) -> str:
+    """A key a replica left long ago (its pod is gone)."""
+    return json.dumps({"updated": 0.0, "arms": {"left": {"pulls": pulls, "reward_sum": reward_sum}}})
+
+
 def total(emulator: ServegraphEmulator) -> tuple[int, float]:
     data = emulator.get_object("v1/configmaps", NS, NAME)["data"]  # type: ignore[index]
     pulls, reward = 0, 0.0
@@ -39,7 +50,7 @@ def total(emulator: ServegraphEmulator) -> tuple[int, float]:
 
 
 async def test_replicas_merge_their_rewards_and_a_restart_keeps_them(emulator: ServegraphEmulator) -> None:
-    emulator.create_object("v1/configmaps", {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": NAME}}, namespace=NS)
+    config_map(emulator)
     a, b = store(emulator, "router-a"), store(emulator, "router-b")
     assert await asyncio.to_thread(a.load) == {}
     await asyncio.to_thread(a.save, {"left": ArmStats(3, 2.0)})
@@ -61,7 +72,7 @@ async def test_replicas_merge_their_rewards_and_a_restart_keeps_them(emulator: S
 
 
 async def test_the_saver_takes_other_replicas_rewards_into_the_view(emulator: ServegraphEmulator) -> None:
-    emulator.create_object("v1/configmaps", {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": NAME}}, namespace=NS)
+    config_map(emulator)
     a, b = store(emulator, "router-a"), store(emulator, "router-b")
     arms_a = {"left": ArmStats(), "right": ArmStats()}
     arms_a.update(await asyncio.to_thread(a.load))
@@ -75,11 +86,7 @@ async def test_the_saver_takes_other_replicas_rewards_into_the_view(emulator: Se
 
 
 async def test_gone_replicas_are_folded_and_a_conflict_is_retried(emulator: ServegraphEmulator) -> None:
-    old = json.dumps({"updated": 0.0, "arms": {"left": {"pulls": 7, "reward_sum": 3.0}}})
-    emulator.create_object(
-        "v1/configmaps", {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": NAME}, "data": {"gone-pod.json": old}},
-        namespace=NS,
-    )  # fmt: skip
+    config_map(emulator, **{"gone-pod.json": gone_pod(7, 3.0)})
     a = store(emulator, "router-a")
     view = await asyncio.to_thread(a.load)
     assert view == {"left": ArmStats(7, 3.0)}
@@ -94,11 +101,7 @@ async def test_gone_replicas_are_folded_and_a_conflict_is_retried(emulator: Serv
 
 
 async def test_a_stale_key_is_folded_by_a_save(emulator: ServegraphEmulator) -> None:
-    old = json.dumps({"updated": 0.0, "arms": {"left": {"pulls": 2, "reward_sum": 1.0}}})
-    emulator.create_object(
-        "v1/configmaps", {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": NAME}, "data": {"gone-pod.json": old}},
-        namespace=NS,
-    )  # fmt: skip
+    config_map(emulator, **{"gone-pod.json": gone_pod(2, 1.0)})
     a = store(emulator, "router-a")
     view = await asyncio.to_thread(a.load)
     view["left"].reward(0.5)
