@@ -15,22 +15,12 @@ from typing import Any, cast
 import kopf
 
 from servegraph.operator.children import LABEL_DEPLOYMENT, LABEL_STATE
+from servegraph.operator.kube import OWNED_KINDS, RESOURCES
 from servegraph.operator.reconcile import Reconciler
-from servegraph.operator.settings import ANNOTATION_PREFIX, FINALIZER
 
 GROUP, VERSION, PLURAL = "servegraph.io", "v1alpha1", "modeldeployments"
 
-WATCHED_CHILDREN = (
-    ("apps", "v1", "deployments"),
-    ("", "v1", "services"),
-    ("", "v1", "configmaps"),
-    ("", "v1", "serviceaccounts"),
-    ("", "v1", "pods"),
-    ("autoscaling", "v2", "horizontalpodautoscalers"),
-    ("policy", "v1", "poddisruptionbudgets"),
-    ("rbac.authorization.k8s.io", "v1", "roles"),
-    ("rbac.authorization.k8s.io", "v1", "rolebindings"),
-)
+WATCHED_KINDS = (*OWNED_KINDS, "Pod")
 """Owned kinds whose changes wake their ModelDeployment (so drift is put back at once), and
 pods, whose state becomes the per-node reasons in status."""
 
@@ -38,10 +28,8 @@ MANAGED = {"app.kubernetes.io/managed-by": "servegraph"}
 
 
 def configure(settings: kopf.OperatorSettings) -> None:
-    """kopf's settings for this operator (tests start from here and shorten the timings)."""
-    settings.persistence.finalizer = FINALIZER
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=ANNOTATION_PREFIX)
+    """kopf's settings for this operator. Event handlers store no progress, so kopf's
+    persistence settings do not matter here."""
     settings.posting.level = logging.INFO
     settings.networking.error_backoffs = [1, 2, 5, 10]
     settings.watching.server_timeout = 300
@@ -60,9 +48,10 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
             return
         await reconciler.reconcile(namespace, name)
 
-    for group, version, plural in WATCHED_CHILDREN:
+    for kind in WATCHED_KINDS:
+        resource = RESOURCES[kind]
 
-        @kopf.on.event(group, version, plural, labels=MANAGED, registry=registry)  # type: ignore[arg-type]
+        @kopf.on.event(resource.group, resource.version, resource.plural, labels=MANAGED, registry=registry)  # type: ignore[arg-type]
         async def child_changed(type: str | None, labels: dict[str, str], namespace: str, **_: Any) -> None:
             if labels.get(LABEL_STATE) and type != "DELETED":
                 return  # a router saving its bandit state: nothing of ours changed

@@ -15,11 +15,6 @@ FIELD_MANAGER = "servegraph"
 """The name our writes carry (``fieldManager``, seen in managedFields), so that others'
 fields, an HPA's or a GitOps tool's, are told apart from ours."""
 
-FINALIZER = "servegraph.io/finalizer"
-"""Only used if kopf ever needs one; the operator itself relies on owner references."""
-
-ANNOTATION_PREFIX = "servegraph.io"
-"""Where kopf keeps its progress and diff-base (annotations survive structural pruning)."""
 
 
 class OperatorSettings(BaseModel):
