@@ -36,6 +36,7 @@ from servegraph.operator.manifest import parse_manifest
 from servegraph.operator.settings import OperatorSettings
 from servegraph.operator.spec import ModelDeployment
 from servegraph.operator.status import (
+    GRAPH_KEYS,
     NodeState,
     Wanted,
     graph_conditions,
@@ -122,7 +123,7 @@ class Reconciler:
         except SpecError as error:
             outcome.invalid = str(error)
             # What runs stays as it was, and so does what the status says about it.
-            kept = {k: v for k, v in (body.get("status") or {}).items() if k in ("nodes", "nodesReady", "url", "entrypoint")}
+            kept = {k: v for k, v in (body.get("status") or {}).items() if k in GRAPH_KEYS}
             self._write_status(body, invalid_conditions(str(error)), generation, kept, outcome)
             return outcome
         current = self._apply(body, deployment, desired, outcome)

@@ -200,9 +200,14 @@ def next_conditions(previous: Sequence[Object], wanted: Sequence[Wanted], genera
     return found
 
 
+GRAPH_KEYS = ("nodes", "nodesReady", "url", "entrypoint")
+"""What status says about the running graph (kept as it is while a spec is invalid)."""
+STATUS_KEYS = ("observedGeneration", "conditions", *GRAPH_KEYS)
+"""Every status field the operator writes (``status.kopf`` is kopf's, never ours)."""
+
+
 def status_patch(current: Object, desired: Object) -> Object | None:
     """The status to write, or None when ``current`` already says it (no write at all)."""
-    keys = ("observedGeneration", "conditions", "nodes", "url", "nodesReady", "entrypoint")
-    if all(current.get(k) == desired.get(k) for k in keys):
+    if all(current.get(k) == desired.get(k) for k in STATUS_KEYS):
         return None
-    return {k: desired.get(k) for k in keys}
+    return {k: desired.get(k) for k in STATUS_KEYS}
