@@ -292,3 +292,25 @@ async def test_random_cancellations_leave_the_batcher_clean(repo: Path) -> None:
         assert batcher.alive
         result = await batcher.infer({"INPUT": np.ones((1, 4), np.float32)}, None)
         np.testing.assert_array_equal(result["OUTPUT"], np.ones((1, 4), np.float32))
+
+
+async def test_a_timed_out_close_cancels_the_running_batch(repo: Path, tmp_path: Path) -> None:
+    """The batcher keeps a reference to every running batch: a drain that times out fails
+    its callers and cancels the batch's task instead of leaving it waiting on the model."""
+    gate = gated_repo(repo, tmp_path)
+    async with serve(repo) as server:
+        batcher = server.repository.get("gated").batcher
+        assert batcher is not None
+        before = set(asyncio.all_tasks())
+        call = asyncio.ensure_future(batcher.infer({"INPUT": np.zeros((1, 4), np.float32)}, None))
+        await eventually(lambda: len(gate.entered()) == 1, what="the batch to start")
+        try:
+            assert await batcher.close(timeout=0.05) is False
+            with pytest.raises(Exception, match="unloaded before it answered"):
+                await call
+            await eventually(
+                lambda: not [t for t in asyncio.all_tasks() - before if not t.done()],
+                what="every task the request started to end",
+            )
+        finally:
+            gate.open()

@@ -103,6 +103,8 @@ class DynamicBatcher:
         self._deadlined = 0
         self._inflight = 0
         self._running_items: dict[int, list[_Pending]] = {}
+        # Running batches, kept so the loop never drops them and a timed-out close() can cancel them.
+        self._batch_tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -189,6 +191,8 @@ class DynamicBatcher:
                 self._fail_all(error)
                 for batch in self._running_items.values():
                     self._fail(batch, error)
+                for task in self._batch_tasks:
+                    task.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
         return finished
 
@@ -347,7 +351,11 @@ class DynamicBatcher:
         self._running_requests += len(batch)
         self._idle_since = -1.0
         self._running_items[id(batch)] = batch
-        asyncio.get_running_loop().create_task(self._execute(batch, instance))
+        task = asyncio.get_running_loop().create_task(
+            self._execute(batch, instance), name=f"batch-{self.model}-{self.version}"
+        )
+        self._batch_tasks.add(task)
+        task.add_done_callback(self._batch_tasks.discard)
 
     async def _execute(self, batch: list[_Pending], instance: LoadedModel) -> None:
         loop = asyncio.get_running_loop()
