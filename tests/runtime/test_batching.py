@@ -314,3 +314,48 @@ async def test_a_timed_out_close_cancels_the_running_batch(repo: Path, tmp_path:
             )
         finally:
             gate.open()
+
+
+async def test_a_stream_keeps_a_bounded_window_of_requests_in_flight(repo: Path, tmp_path: Path) -> None:
+    """A client that streams faster than the model answers is held back by the server's
+    stream window (then HTTP/2 flow control), not queued without bound; every request is
+    still answered once the model moves."""
+    from servegraph.runtime.servers.grpc import STREAM_WINDOW
+
+    sent = 3 * STREAM_WINDOW
+    gate = gated_repo(repo, tmp_path, max_queue_size=10 * sent)
+    async with serve(repo) as server:
+        client = grpcaio.InferenceServerClient(grpc_url(server.ports))
+        batcher = server.repository.get("gated").batcher
+        assert batcher is not None
+        peak = 0
+
+        async def requests():  # type: ignore[no-untyped-def]
+            for i in range(sent):
+                yield {"model_name": "gated", "inputs": [_input(grpcaio, np.full((1, 4), i, np.float32))],
+                       "request_id": str(i)}  # fmt: skip
+
+        async def answers() -> dict[str, float]:
+            seen = {}
+            async for result, error in client.stream_infer(requests()):
+                assert error is None
+                seen[result.get_response().id] = float(result.as_numpy("OUTPUT")[0, 0])
+            return seen
+
+        try:
+            stream = asyncio.ensure_future(answers())
+            def in_flight() -> int:  # queued, plus the batch the gate holds
+                return batcher.depth + sum(rows for rows, _ in gate.entered())
+
+            await eventually(lambda: in_flight() == STREAM_WINDOW, what="a full window in flight")
+            # Proving a negative: give an unbounded reader time to queue the remaining requests.
+            for _ in range(50):
+                await asyncio.sleep(0.005)
+                peak = max(peak, in_flight())
+            assert peak == STREAM_WINDOW
+            gate.open()
+            seen = await asyncio.wait_for(stream, 30)
+            assert seen == {str(i): i + 1.0 for i in range(sent)}  # the double adds 1
+        finally:
+            gate.open()
+            await client.close()

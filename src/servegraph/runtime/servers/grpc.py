@@ -38,6 +38,10 @@ from servegraph.runtime.protocol.errors import (
 
 log = logging.getLogger(__name__)
 
+# Requests of one ModelStreamInfer stream in flight at once (Triton's streams have no limit;
+# past this the server stops reading the stream until an answer has gone out).
+STREAM_WINDOW = 64
+
 
 def grpc_status(exc: ServegraphError) -> grpc.StatusCode:
     """The gRPC status for ``exc``: the error table's canonical code, by name."""
@@ -147,8 +151,15 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
-        """Requests on one stream run concurrently; each answer (or error) is sent when ready."""
-        answers: asyncio.Queue[Any] = asyncio.Queue()  # responses, then None or the error ending it
+        """Requests on one stream run concurrently; each answer (or error) is sent when ready.
+
+        At most ``STREAM_WINDOW`` requests of a stream are in flight: past that the reader
+        waits until an answer has gone out, and HTTP/2 flow control holds the client back, so
+        a fast sender cannot queue unbounded work, tasks or answers on the server.
+        """
+        window = asyncio.Semaphore(STREAM_WINDOW)
+        # Answers, then None or the error ending the stream: at most one per slot, plus the end.
+        answers: asyncio.Queue[Any] = asyncio.Queue(maxsize=STREAM_WINDOW + 1)
         tasks: set[asyncio.Task[None]] = set()
 
         async def one(request: Any) -> None:
@@ -171,7 +182,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             failure: ServegraphError | None = None
             try:
                 async for raw in request_iterator:
-                    task = asyncio.get_running_loop().create_task(one(_parse(pb.ModelInferRequest, raw)))
+                    request = _parse(pb.ModelInferRequest, raw)
+                    await window.acquire()
+                    task = asyncio.get_running_loop().create_task(one(request))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
             except ServegraphError as exc:
@@ -189,6 +202,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
                 if isinstance(answer, ServegraphError):
                     await _abort(context, answer)
                 yield answer
+                window.release()
         finally:
             reader.cancel()
             for task in list(tasks):
