@@ -211,3 +211,32 @@ def test_config_pbtxt_is_read_as_triton_writes_it() -> None:
 def test_config_pbtxt_with_an_unsupported_backend() -> None:
     with pytest.raises(ValueError, match="unsupported Triton backend/platform 'tensorrt_plan'"):
         parse_pbtxt('platform: "tensorrt_plan"', "m")
+
+
+async def test_hot_reloads_leave_no_module_behind_in_sys_modules(repo: Path, tmp_path: Path) -> None:
+    """Each version's model.py is imported under a module name of its own; a retired
+    version's module leaves sys.modules with it, so reloads do not grow the interpreter."""
+    import sys
+
+    def user_modules() -> set[str]:
+        return {name for name in sys.modules if name.startswith("servegraph_user_model_")}
+
+    before = user_modules()
+    add_model(repo, "m", fp32_model_config(), versioned_source(1))
+    async with serve(repo, repository_poll_secs=0.1) as server:
+        client = grpcaio.InferenceServerClient(grpc_url(server.ports))
+        try:
+            assert await _served_by(client) == 1
+            assert len(user_modules() - before) == 1
+            for version in (2, 3, 4):
+                staged = add_version(tmp_path, f"staging{version}", version, versioned_source(version))
+                shutil.move(str(staged), str(repo / "m" / str(version)))
+                await eventually(
+                    lambda: [r["version"] for r in server.dataplane.repository_index()] == [str(version)],
+                    what=f"version {version - 1} to be retired",
+                )
+                assert await _served_by(client) == version
+                await eventually(lambda: len(user_modules() - before) == 1, what="one user module loaded")
+        finally:
+            await client.close()
+    assert user_modules() == before

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from servegraph.runtime.backends import triton_compat
-from servegraph.runtime.backends.user_code import import_user_class
+from servegraph.runtime.backends.user_code import import_user_class, release_user_class
 from servegraph.runtime.config import ModelConfig, TensorConfig
 from servegraph.runtime.triton_config import to_json
 
@@ -37,9 +37,12 @@ class PythonModel:
         return outputs
 
     def unload(self) -> None:
-        unload = getattr(self._model, "unload", None)
-        if callable(unload):
-            unload()
+        try:
+            unload = getattr(self._model, "unload", None)
+            if callable(unload):
+                unload()
+        finally:
+            release_user_class(type(self._model))
 
 
 def _model_file(config: ModelConfig, version_dir: Path) -> Path:
@@ -61,19 +64,23 @@ _instances: defaultdict[str, itertools.count[int]] = defaultdict(itertools.count
 
 def load(config: ModelConfig, version_dir: Path) -> PythonModel | triton_compat.TritonModel:
     cls = _user_class(config, _model_file(config, version_dir))
-    if triton_compat.is_triton_model(cls):
-        triton_model = cls()
-        initialize = getattr(triton_model, "initialize", None)
-        if callable(initialize):
-            initialize(triton_compat.initialize_args(to_json(config), version_dir, next(_instances[config.name])))
-        return triton_compat.TritonModel(triton_model, [t.name for t in config.output])
-    user_model = cls()
-    user_model.model_dir = version_dir
-    user_model.config = config
-    loader = getattr(user_model, "load", None)
-    if callable(loader):
-        loader()
-    return PythonModel(user_model)
+    try:
+        if triton_compat.is_triton_model(cls):
+            triton_model = cls()
+            initialize = getattr(triton_model, "initialize", None)
+            if callable(initialize):
+                initialize(triton_compat.initialize_args(to_json(config), version_dir, next(_instances[config.name])))
+            return triton_compat.TritonModel(triton_model, [t.name for t in config.output])
+        user_model = cls()
+        user_model.model_dir = version_dir
+        user_model.config = config
+        loader = getattr(user_model, "load", None)
+        if callable(loader):
+            loader()
+        return PythonModel(user_model)
+    except BaseException:
+        release_user_class(cls)
+        raise
 
 
 def signature(
@@ -82,12 +89,15 @@ def signature(
     """Python models declare their signature in the config; a Triton model may instead
     declare it in ``auto_complete_config``."""
     cls = _user_class(config, _model_file(config, version_dir))
-    auto_complete = getattr(cls, "auto_complete_config", None)
-    if not triton_compat.is_triton_model(cls) or not callable(auto_complete):
-        return None
-    editor = triton_compat.ModelConfigEditor(to_json(config))
-    auto_complete(editor)
-    completed = editor.as_dict()
+    try:
+        auto_complete = getattr(cls, "auto_complete_config", None)
+        if not triton_compat.is_triton_model(cls) or not callable(auto_complete):
+            return None
+        editor = triton_compat.ModelConfigEditor(to_json(config))
+        auto_complete(editor)
+        completed = editor.as_dict()
+    finally:
+        release_user_class(cls)
     inputs = [TensorConfig.model_validate(t) for t in completed.get("input", [])]
     outputs = [TensorConfig.model_validate(t) for t in completed.get("output", [])]
     return inputs, outputs

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from servegraph.runtime.backends.user_code import release_user_class
 from servegraph.runtime.config import v2_datatype
 from servegraph.runtime.protocol.datatypes import numpy_dtype
 
@@ -348,6 +349,9 @@ class TritonModel:
         return {tensor.name(): tensor.as_numpy() for tensor in response.output_tensors()}
 
     def unload(self) -> None:
-        finalize = getattr(self._model, "finalize", None)
-        if callable(finalize):
-            finalize()
+        try:
+            finalize = getattr(self._model, "finalize", None)
+            if callable(finalize):
+                finalize()
+        finally:
+            release_user_class(type(self._model))

@@ -6,7 +6,17 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import sys
+import threading
+import weakref
+from collections import Counter
 from pathlib import Path
+
+_lock = threading.Lock()  # loads and unloads run in worker threads
+_holders: Counter[str] = Counter()
+"""Per module name: how many imports of it are not released yet (one per loaded instance)."""
+_modules_of: weakref.WeakKeyDictionary[type, list[str]] = weakref.WeakKeyDictionary()
+"""The module names a returned class was imported under, one per unreleased import (a class
+named by ``class_name`` may live in another module and come back from several imports)."""
 
 
 def import_user_class(
@@ -16,7 +26,10 @@ def import_user_class(
     (or, when no class has any of them, the only one with one of ``fallback``).
 
     Each file gets a module name of its own (``prefix`` + a hash of its path), so two
-    versions of one model never share a module. Errors are ValueErrors that name the file.
+    versions of one model never share a module. The module stays in ``sys.modules`` (pickle
+    and dataclasses look it up there) until every import of it is released with
+    ``release_user_class``, so hot reloads do not keep one entry per retired version.
+    Errors are ValueErrors that name the file.
     """
     if not path.is_file():
         raise ValueError(f"no such file {path}")
@@ -25,8 +38,43 @@ def import_user_class(
     if spec is None or spec.loader is None:
         raise ValueError(f"cannot import {path}")
     module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    spec.loader.exec_module(module)
+    with _lock:
+        sys.modules[module_name] = module
+        _holders[module_name] += 1
+    try:
+        spec.loader.exec_module(module)
+        cls = _find_class(module, module_name, path, class_name, methods, fallback)
+    except BaseException:
+        _release(module_name)
+        raise
+    with _lock:
+        _modules_of.setdefault(cls, []).append(module_name)
+    return cls
+
+
+def release_user_class(cls: type) -> None:
+    """Forget one import that returned ``cls``; the last release of its module removes the
+    module from sys.modules. Releasing a class twice, or one not imported here, does nothing."""
+    with _lock:
+        names = _modules_of.get(cls)
+        if not names:
+            return
+        module_name = names.pop()
+    _release(module_name)
+
+
+def _release(module_name: str) -> None:
+    with _lock:
+        if _holders[module_name] <= 1:
+            del _holders[module_name]
+            sys.modules.pop(module_name, None)
+        else:
+            _holders[module_name] -= 1
+
+
+def _find_class(
+    module: object, module_name: str, path: Path, class_name: str, methods: tuple[str, ...], fallback: tuple[str, ...]
+) -> type:
     if class_name:
         cls = getattr(module, class_name, None)
         if not inspect.isclass(cls):
