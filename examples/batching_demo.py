@@ -9,10 +9,12 @@ batch sizes formed) and the throughput, then stops the server with SIGTERM.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -20,23 +22,24 @@ from pathlib import Path
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
 
-from servegraph.ports import free_port
 
 REPOSITORY = Path(__file__).resolve().parent / "models"
 REQUESTS = 512
 CONCURRENCY = 64
 
 
-def wait_ready(http_port: int, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
+def wait_ready(ports_file: Path, process: subprocess.Popen[bytes], timeout: float = 60) -> dict[str, int]:
+    """The ports the server bound (it reports them in its ports file), once it is ready."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise SystemExit("servegraph serve exited before it was ready")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/health/ready", timeout=1) as r:
+            ports: dict[str, int] = json.loads(ports_file.read_text())
+            with urllib.request.urlopen(f"http://127.0.0.1:{ports['http']}/v2/health/ready", timeout=1) as r:
                 if r.status == 200:
-                    return
-        except OSError:
+                    return ports
+        except (OSError, ValueError):
             pass
         time.sleep(0.1)
     raise SystemExit(f"servegraph serve was not ready after {timeout} s")
@@ -79,25 +82,27 @@ async def burst(grpc_port: int) -> None:
 
 
 def main() -> None:
-    http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
+    ports_file = Path(tempfile.mkdtemp(prefix="servegraph-demo-")) / "ports.json"
     command = [
         sys.executable, "-m", "servegraph", "serve",
         "--model-repository", str(REPOSITORY),
-        "--http-port", str(http_port), "--grpc-port", str(grpc_port),
-        "--metrics-port", str(metrics_port), "--repository-poll-secs", "0",
+        "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0",
+        "--ports-file", str(ports_file), "--repository-poll-secs", "0",
         "--log-level", "WARNING",
     ]  # fmt: skip
     print("$", " ".join(command[2:]))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     process = subprocess.Popen(command, env=env)
     try:
-        wait_ready(http_port, process)
-        print(f"ready: HTTP 127.0.0.1:{http_port}, gRPC 127.0.0.1:{grpc_port}, metrics 127.0.0.1:{metrics_port}")
-        asyncio.run(burst(grpc_port))
+        ports = wait_ready(ports_file, process)
+        print(f"ready: HTTP 127.0.0.1:{ports['http']}, gRPC 127.0.0.1:{ports['grpc']}, metrics 127.0.0.1:{ports['metrics']}")
+        asyncio.run(burst(ports["grpc"]))
     finally:
         process.send_signal(signal.SIGTERM)
         code = process.wait(timeout=60)
         print(f"server stopped (exit code {code})")
+        ports_file.unlink(missing_ok=True)
+        ports_file.parent.rmdir()
 
 
 if __name__ == "__main__":

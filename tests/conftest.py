@@ -8,11 +8,13 @@ ephemeral ports (fast; async tests with tritonclient's aio clients), and
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -22,7 +24,6 @@ from typing import Any
 import pytest
 import yaml
 
-from servegraph.ports import free_port
 from servegraph.runtime.config import ServerSettings
 from servegraph.runtime.server import Ports, Server
 
@@ -118,21 +119,50 @@ def http_status(url: str, method: str = "GET", data: bytes | None = None) -> int
 
 
 class ServerProcess:
-    """``servegraph serve`` as a child process on free ports (for signal tests and sync clients)."""
+    """``servegraph serve`` as a child process (for signal tests and sync clients), on ports
+    the kernel picks: it binds port 0 and reports them in its ``--ports-file``."""
 
     def __init__(self, repo: Path, *args: str) -> None:
-        self.http, self.grpc, self.metrics = free_port(), free_port(), free_port()
+        self._folder = Path(tempfile.mkdtemp(prefix="servegraph-test-"))
+        self._ports_file = self._folder / "ports.json"
+        self._ports: Ports | None = None
         command = [
             sys.executable, "-m", "servegraph", "serve",
             "--model-repository", str(repo),
-            "--http-port", str(self.http),
-            "--grpc-port", str(self.grpc),
-            "--metrics-port", str(self.metrics),
+            "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0",
+            "--ports-file", str(self._ports_file),
             *args,
         ]  # fmt: skip
         env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
         self.process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         self._output: str | None = None
+
+    @property
+    def ports(self) -> Ports:
+        """The ports it bound, once it has reported them (waits up to 60 s)."""
+        deadline = time.monotonic() + 60
+        while self._ports is None:
+            if self._ports_file.exists():
+                self._ports = Ports(**json.loads(self._ports_file.read_text()))
+            elif self.process.poll() is not None:
+                raise AssertionError(f"server exited before it listened:\n{self.output()}")
+            elif time.monotonic() > deadline:
+                raise AssertionError("server did not report its ports within 60 s")
+            else:
+                time.sleep(0.02)
+        return self._ports
+
+    @property
+    def http(self) -> int:
+        return self.ports.http
+
+    @property
+    def grpc(self) -> int:
+        return self.ports.grpc
+
+    @property
+    def metrics(self) -> int:
+        return self.ports.metrics
 
     @property
     def http_url(self) -> str:
@@ -176,6 +206,7 @@ class ServerProcess:
             self.process.kill()
             code = self.process.wait()
         self.output()
+        shutil.rmtree(self._folder, ignore_errors=True)
         return code
 
 

@@ -1,4 +1,7 @@
-"""Free TCP ports for the servers a supervisor starts: ``servegraph run``, tests, the bench.
+"""Free TCP ports for servers that cannot report the ports they bind: the peers the bench
+starts (Triton, MLServer) and bench/hops.py. servegraph's own supervisors never guess: they
+start ``servegraph serve`` on port 0 and read its ``--ports-file`` (``servegraph run``,
+the tests' ``ServerProcess``, ``make demo-batching``).
 
 Binding port 0 and closing the socket hands out a port from the kernel's ephemeral range,
 the same range outgoing connections draw their local ports from. Between picking such a

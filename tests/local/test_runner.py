@@ -74,6 +74,7 @@ def test_a_killed_node_is_restarted_while_the_graph_keeps_serving(tmp_path: Path
         assert "restarting it in 1 s (restart 1)" in text
         assert "node 'scorer-b' restarted (restart 1, it had signal SIGKILL)" in text
         fresh = next(n for n in graph.processes if n.name == "scorer-b")
+        assert fresh.ports == victim.ports  # the ports its parent calls
         wait_for(lambda: fresh.ready(graph.host), 60, "the restarted scorer-b to be ready")
         split = next(n for n in graph.processes if n.name == "split")
         wait_for(lambda: split.ready(graph.host), 30, "the router to see scorer-b back")
@@ -87,6 +88,33 @@ def test_a_killed_node_is_restarted_while_the_graph_keeps_serving(tmp_path: Path
         assert graph.restarts() == {"split": 0, "scorer-a": 0, "scorer-b": 1}
     finally:
         graph.stop()
+
+
+def test_every_node_listens_on_ports_the_kernel_gave_it(tmp_path: Path) -> None:
+    """No port is guessed: each node binds port 0 and reports what it got in its ports file,
+    and its parent is configured with exactly those; two runs of one graph never collide."""
+    manifest = copy_graph(tmp_path, "ab-test.yaml")
+    graphs = [
+        LocalGraph(manifest, http_port=0, grpc_port=0, metrics_port=0, workdir=tmp_path / f"work{i}", log=io.StringIO())
+        for i in range(2)
+    ]
+    try:
+        for graph in graphs:
+            graph.start(supervise=False)
+        seen: set[int] = set()
+        for graph in graphs:
+            for node in graph.processes:
+                reported = json.loads((graph.workdir / node.name / "ports.json").read_text())
+                assert reported == {"http": node.ports.http, "grpc": node.ports.grpc, "metrics": node.ports.metrics}
+                assert 0 not in reported.values()
+                seen.update(reported.values())
+            children = {c.name: c.grpc for c in graph.graph.nodes["split"].children}
+            assert children == {n: f"127.0.0.1:{graph.ports[n].grpc}" for n in ("scorer-a", "scorer-b")}
+            assert post(graph.entry.http, "ab-test")[0] == 200
+        assert len(seen) == 2 * 3 * 3  # two runs, three nodes, three ports each
+    finally:
+        for graph in graphs:
+            graph.stop()
 
 
 def test_backoff_doubles_and_is_capped(tmp_path: Path) -> None:

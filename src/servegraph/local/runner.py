@@ -4,12 +4,16 @@ The control plane's second target. It renders the same per-node configs the oper
 into ConfigMaps, and starts one local ``servegraph serve`` process per node where the
 operator would create a Deployment: model nodes on a one-model repository, the others with
 ``--node-config``. Remote model URIs (http(s)://, s3://, gs://) are fetched into the workdir
-first, once per URI and afresh on every start. Each node gets free 127.0.0.1 ports (the
-entrypoint gets the ports asked for), its log lines are prefixed with its name, and
-stopping stops every process started.
+first, once per URI and afresh on every start. Its log lines are prefixed with its name,
+and stopping stops every process started.
 
-It heals as a kubelet does: a node that exits after the graph started is restarted on its
-own ports with exponential backoff (``restartPolicy: Always`` and CrashLoopBackOff), while
+No port is guessed: every node but the entrypoint (which gets the ports asked for) listens
+on port 0, and reports the ports the kernel gave it in a ports file (``serve --ports-file``).
+Nodes start children first, in waves: a node starts once its children have reported their
+ports, which go into its config.
+
+It heals as a kubelet does: a node that exits after the graph started is restarted on the
+ports it had (its parents call them) with exponential backoff (``restartPolicy: Always`` and CrashLoopBackOff), while
 the other nodes keep serving; the log says which node restarted, why, and when. Only a node
 that never becomes ready at start fails the run, and a model whose load fails fails it at
 once with the model's error. Nodes die with the runner even when it is killed (SIGKILL):
@@ -46,7 +50,6 @@ from servegraph.operator.render import (
     RenderError,
     render_graph,
 )
-from servegraph.ports import free_port
 from servegraph.runtime.storage import StorageError, cache_target, fetch_model
 
 
@@ -62,6 +65,8 @@ RESTART_BACKOFF_RESET = 60.0
 """A node that served this long since its last start begins its backoff afresh."""
 SUPERVISE_INTERVAL = 0.2
 """How often the runner looks for nodes that exited."""
+PORTS_TIMEOUT = 60.0
+"""How long a starting node may take to open its listeners and report its ports."""
 
 WORKDIR_PREFIX = "servegraph-"
 OWNER_FILE = ".servegraph-run.pid"
@@ -134,8 +139,10 @@ class NodeProcess:
     name: str
     kind: str
     ports: NodePorts
+    """The ports asked for until the node reports the ones it bound (port 0: the kernel's pick)."""
     process: subprocess.Popen[bytes]
     command: list[str] = field(default_factory=list)
+    """How to start it again: on the ports it reported, which its parents call."""
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=40))
     pump: threading.Thread | None = None
     started_at: float = field(default_factory=time.monotonic)
@@ -201,22 +208,14 @@ class LocalGraph:
         self.state_dir = state_dir if state_dir is not None else default_state_dir(meta.namespace, meta.name)
         """Outlives the run (the workdir does not): bandit state survives a restart of ``run``."""
         self.log = log
+        self._asked = NodePorts(http_port, grpc_port, metrics_port)
+        """The entrypoint's ports (0: any); the other nodes always take the kernel's pick."""
         self.ports: dict[str, NodePorts] = {}
-        for node in self.deployment.spec.nodes:
-            if node.name == self.deployment.spec.entrypoint:
-                ports = NodePorts(http_port or free_port(host), grpc_port or free_port(host), metrics_port or free_port(host))
-            else:
-                ports = NodePorts(free_port(host), free_port(host), free_port(host))
-            self.ports[node.name] = ports
-        self.graph: RenderedGraph = render_graph(
-            self.deployment,
-            lambda name: Endpoint(http=f"{host}:{self.ports[name].http}", grpc=f"{host}:{self.ports[name].grpc}"),
-            manifest_dir=self.manifest.resolve().parent,
-            state_dir=str(self.state_dir),
-        )
+        """The ports each started node reported."""
+        self.graph: RenderedGraph = self._render()
         self.processes: list[NodeProcess] = []
         self._env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self._width = max(len(name) for name in self.ports)
+        self._width = max(len(node.name) for node in self.deployment.spec.nodes)
         self._stopping = threading.Event()
         self._supervisor: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -225,8 +224,28 @@ class LocalGraph:
     def entry(self) -> NodePorts:
         return self.ports[self.graph.entrypoint]
 
-    def _command(self, name: str) -> tuple[str, list[str]]:
-        ports = self.ports[name]
+    def _render(self) -> RenderedGraph:
+        """Every node's config, with the addresses of the children started so far (the others
+        are left empty: a node is rendered again when it starts, after its children)."""
+
+        def endpoint(name: str) -> Endpoint:
+            ports = self.ports.get(name)
+            if ports is None:
+                return Endpoint(http="", grpc="")
+            return Endpoint(http=f"{self.host}:{ports.http}", grpc=f"{self.host}:{ports.grpc}")
+
+        return render_graph(
+            self.deployment, endpoint, manifest_dir=self.manifest.resolve().parent, state_dir=str(self.state_dir)
+        )
+
+    def _children(self, name: str) -> list[str]:
+        return list(dict.fromkeys(self.deployment.node(name).children))
+
+    def _ports_file(self, name: str) -> Path:
+        return self.workdir / name / "ports.json"
+
+    def _command(self, name: str, ports: NodePorts) -> tuple[str, list[str]]:
+        """Write the node's repository or config into its folder; return its kind and command."""
         folder = self.workdir / name
         folder.mkdir(parents=True, exist_ok=True)
         command = [
@@ -235,12 +254,14 @@ class LocalGraph:
             "--http-port", str(ports.http),
             "--grpc-port", str(ports.grpc),
             "--metrics-port", str(ports.metrics),
+            "--ports-file", str(self._ports_file(name)),
         ]  # fmt: skip
         if name in self.graph.models:
             repository = folder / "repository"
             write_model_repository(self.graph.models[name], repository)
             return "model", [*command, "--model-repository", str(repository)]
-        config = self.graph.nodes[name]
+        config = self._render().nodes[name]  # its children have reported their ports by now
+        self.graph.nodes[name] = config
         path = folder / "node.yaml"
         path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
         return config.role, [*command, "--node-config", str(path)]
@@ -275,9 +296,7 @@ class LocalGraph:
             self.state_dir.mkdir(parents=True, exist_ok=True)
         try:
             self.fetch_models()
-            for name in self.graph.order:
-                kind, command = self._command(name)
-                self.processes.append(self._spawn(name, kind, command))
+            self._start_nodes()
             self._wait_ready(timeout)
         except BaseException:
             self.stop()
@@ -286,7 +305,47 @@ class LocalGraph:
             self._supervisor = threading.Thread(target=self._supervise, name="servegraph-supervisor", daemon=True)
             self._supervisor.start()
 
-    def _spawn(self, name: str, kind: str, command: list[str]) -> NodeProcess:
+    def _start_nodes(self) -> None:
+        """Start the nodes in waves, children first: each wave is every node whose children
+        have all reported their ports; the runner then waits for the wave's own ports."""
+        waiting = list(self.graph.order)
+        while waiting:
+            wave = [name for name in waiting if all(c in self.ports for c in self._children(name))]
+            started = []
+            for name in wave:
+                asked = self._asked if name == self.graph.entrypoint else NodePorts(0, 0, 0)
+                self._ports_file(name).unlink(missing_ok=True)
+                kind, command = self._command(name, asked)
+                node = self._spawn(name, kind, command, asked)
+                self.processes.append(node)
+                started.append(node)
+            for node in started:
+                self._await_ports(node)
+            waiting = [name for name in waiting if name not in wave]
+
+    def _await_ports(self, node: NodeProcess) -> None:
+        """Read the ports ``node`` bound from its ports file; from then on it is started
+        again on exactly these ports."""
+        path = self._ports_file(node.name)
+        deadline = time.monotonic() + PORTS_TIMEOUT
+        while not path.exists():
+            code = node.process.poll()
+            if code is not None:
+                if node.pump is not None:
+                    node.pump.join(timeout=5)  # the log's last lines explain the exit
+                raise GraphStartError(
+                    f"node '{node.name}' ({node.kind}) exited with code {code} before it listened; "
+                    "last lines of its log:\n" + "\n".join(node.tail)
+                )
+            if time.monotonic() > deadline:
+                raise GraphStartError(f"node '{node.name}' did not open its ports within {PORTS_TIMEOUT:.0f} s")
+            time.sleep(0.02)
+        bound = json.loads(path.read_text())
+        node.ports = NodePorts(int(bound["http"]), int(bound["grpc"]), int(bound["metrics"]))
+        self.ports[node.name] = node.ports
+        node.command = _with_ports(node.command, node.ports)
+
+    def _spawn(self, name: str, kind: str, command: list[str], ports: NodePorts) -> NodeProcess:
         process = subprocess.Popen(
             command,
             stdout=subprocess.PIPE,
@@ -295,7 +354,7 @@ class LocalGraph:
             start_new_session=True,  # Ctrl-C reaches the runner only; it stops the nodes in order
             preexec_fn=_die_with_parent(),
         )
-        node = NodeProcess(name, kind, self.ports[name], process, command)
+        node = NodeProcess(name, kind, ports, process, command)
         assert process.stdout is not None
         node.pump = threading.Thread(target=_pump, args=(node, process.stdout, self.log, self._width), daemon=True)
         node.pump.start()
@@ -338,7 +397,7 @@ class LocalGraph:
                     continue
                 if now < node.restart_at:
                     continue
-                fresh = self._spawn(node.name, node.kind, node.command)
+                fresh = self._spawn(node.name, node.kind, node.command, node.ports)
                 fresh.restarts = node.restarts + 1
                 fresh.last_exit = node.last_exit
                 fresh.backoff = min(node.backoff * 2, RESTART_BACKOFF_MAX)
@@ -446,6 +505,12 @@ class LocalGraph:
             self._supervisor = None
         if self._workdir_owned:
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _with_ports(command: list[str], ports: NodePorts) -> list[str]:
+    """``command`` with its port options set to ``ports``."""
+    values = {"--http-port": ports.http, "--grpc-port": ports.grpc, "--metrics-port": ports.metrics}
+    return [str(values[command[i - 1]]) if i and command[i - 1] in values else arg for i, arg in enumerate(command)]
 
 
 def _exit_reason(code: int) -> str:

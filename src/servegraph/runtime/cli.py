@@ -28,6 +28,10 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:  # type: i
     p.add_argument("--http-port", type=int, default=8000)
     p.add_argument("--grpc-port", type=int, default=8001)
     p.add_argument("--metrics-port", type=int, default=8002)
+    p.add_argument(
+        "--ports-file", default="",
+        help="write the bound ports as JSON {http, grpc, metrics} here once listening (use with port 0)",
+    )
     p.add_argument("--repository-poll-secs", type=float, default=5.0, help="rescan period; 0 turns polling off")
     p.add_argument("--max-request-bytes", type=int, default=64 << 20)
     p.add_argument("--default-max-queue-size", type=int, default=1024)
@@ -55,6 +59,7 @@ def run_serve(args: argparse.Namespace) -> int:
         http_port=args.http_port,
         grpc_port=args.grpc_port,
         metrics_port=args.metrics_port,
+        ports_file=args.ports_file,
         repository_poll_secs=args.repository_poll_secs,
         max_request_bytes=args.max_request_bytes,
         default_max_queue_size=args.default_max_queue_size,

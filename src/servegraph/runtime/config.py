@@ -251,6 +251,14 @@ class ServerSettings(BaseModel):
     http_port: int = Field(8000, ge=0, le=65535)
     grpc_port: int = Field(8001, ge=0, le=65535)
     metrics_port: int = Field(8002, ge=0, le=65535)
+    ports_file: str = Field(
+        "",
+        description=(
+            "Write the ports bound, as JSON {http, grpc, metrics}, to this file once the"
+            " listeners are open (before models load): with port 0 the kernel picks free ports"
+            " and a supervisor reads them here instead of guessing."
+        ),
+    )
     repository_poll_secs: float = Field(
         5.0, ge=0, description="How often to rescan the repository; 0 turns polling off."
     )

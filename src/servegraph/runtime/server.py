@@ -8,7 +8,9 @@ once, refuses new work, finishes what is queued and running, and exits.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +34,13 @@ class Ports:
     http: int
     grpc: int
     metrics: int
+
+
+def write_ports_file(path: Path, ports: Ports) -> None:
+    """Write ``ports`` as JSON, atomically: a reader polling the file sees all of it or nothing."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps({"http": ports.http, "grpc": ports.grpc, "metrics": ports.metrics}))
+    os.replace(partial, path)
 
 
 class Server:
@@ -80,9 +89,9 @@ class Server:
         await site.start()
         self._runners.append(runner)
         self._sites.append(site)
-        server = site._server
-        sockets = server.sockets if isinstance(server, asyncio.Server) else []
-        return sockets[0].getsockname()[1] if sockets else port
+        # asyncio's and uvloop's servers both have .sockets (uvloop's is no asyncio.Server).
+        sockets = getattr(site._server, "sockets", None) or []
+        return int(sockets[0].getsockname()[1]) if sockets else port
 
     async def start(self) -> Ports:
         """Open the listeners, load and warm up every model, then become ready."""
@@ -97,6 +106,8 @@ class Server:
             "listening: HTTP %s:%d, gRPC %s:%d, metrics %s:%d",
             s.host, http_port, s.host, grpc_port, s.host, metrics_port,
         )  # fmt: skip
+        if s.ports_file:
+            write_ports_file(Path(s.ports_file), self.ports)
         await self.repository.sync()
         failed = [r for r in self.repository.index() if r["state"] == "UNAVAILABLE"]
         if failed and s.exit_on_error:
