@@ -1,13 +1,18 @@
-"""What a graph hop costs: 0-3 Transformer nodes in front of a model, via ``servegraph run``.
+"""What a graph hop costs: 0-3 Transformer nodes, or a Router, in front of a model, via ``servegraph run``.
 
 Each hop is a Transformer node (an identity StandardScaler on 16 floats) in front of a tiny
-model (FP32 [n, 16] -> the same, no batching), chained over gRPC on loopback: 0 hops is the
-model alone. Every process of the graph runs on core 0 (``taskset``), the client
-(tritonclient ``grpc.aio`` on uvloop) on core 1; each cell sends a fixed number of requests
-in a closed loop and reports requests/s, p50 and p99, and the p50 each hop adds.
+model (FP32 [n, 16] -> the same, no batching), chained on loopback as ``servegraph run``
+wires them (nodes call their children over HTTP/1.1 binary tensors): 0 hops is the model
+alone. A router case puts a Weighted Router in front of two copies of the model, all traffic to
+one (``router-1``; a router needs two children, the other stays idle) or half to each
+(``router-2``). Every process of the graph runs on core
+0 (``taskset``), the client (tritonclient ``grpc.aio`` on uvloop, calling the entrypoint over
+gRPC) on core 1; each cell sends a fixed number of requests in a closed loop and reports
+requests/s, p50 and p99, the p50 each hop adds, and requests/s as a share of the model
+alone's (the issue's target for a router: at least 80 %).
 
-    python bench/hops.py                          # 0-3 hops, c=1 and c=16, 2000 requests per cell
-    python bench/hops.py --hops 0,1 --concurrency 1 --requests 500
+    python bench/hops.py                          # 0-3 hops, routers, c=1 and c=16, 2000 requests per cell
+    python bench/hops.py --hops 0,1 --routers "" --concurrency 1 --requests 500
 """
 
 from __future__ import annotations
@@ -49,12 +54,45 @@ MODEL_CODE = textwrap.dedent('''\
 ''')
 
 
-def write_graph(folder: Path, hops: int) -> Path:
-    """A ModelDeployment with ``hops`` identity Transformers in front of the echo model."""
+def write_model(folder: Path) -> None:
     model_dir = folder / "models" / "echo"
     (model_dir / "1").mkdir(parents=True, exist_ok=True)
     (model_dir / "config.yaml").write_text(yaml.safe_dump(MODEL_CONFIG, sort_keys=False))
     (model_dir / "1" / "model.py").write_text(MODEL_CODE)
+
+
+def write_manifest(folder: Path, name: str, entrypoint: str, nodes: list[dict[str, object]]) -> Path:
+    manifest = {
+        "apiVersion": "servegraph.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": name},
+        "spec": {"entrypoint": entrypoint, "nodes": nodes},
+    }
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(manifest, sort_keys=False))
+    return path
+
+
+def write_router_graph(folder: Path, served_by: int) -> Path:
+    """A ModelDeployment with a Weighted Router over two copies of the echo model, sending all
+    traffic to the first (``served_by`` 1: a router needs two children, the second stays idle)
+    or half to each (2)."""
+    write_model(folder)
+    names = ["model1", "model2"]
+    weights = [100, 0] if served_by == 1 else [50, 50]
+    nodes: list[dict[str, object]] = [{
+        "name": "router",
+        "type": "Router",
+        "children": names,
+        "router": {"strategy": "Weighted", "weights": [{"child": n, "weight": w} for n, w in zip(names, weights)]},
+    }]
+    nodes += [{"name": n, "type": "Model", "model": {"storageUri": "models/echo"}} for n in names]
+    return write_manifest(folder, f"router-{served_by}", "router", nodes)
+
+
+def write_graph(folder: Path, hops: int) -> Path:
+    """A ModelDeployment with ``hops`` identity Transformers in front of the echo model."""
+    write_model(folder)
     nodes: list[dict[str, object]] = []
     for i in range(hops):
         nodes.append({
@@ -66,15 +104,7 @@ def write_graph(folder: Path, hops: int) -> Path:
             }]},
         })
     nodes.append({"name": "model", "type": "Model", "model": {"storageUri": "models/echo"}})
-    manifest = {
-        "apiVersion": "servegraph.io/v1alpha1",
-        "kind": "ModelDeployment",
-        "metadata": {"name": f"hops-{hops}"},
-        "spec": {"entrypoint": "hop1" if hops else "model", "nodes": nodes},
-    }
-    path = folder / f"hops-{hops}.yaml"
-    path.write_text(yaml.safe_dump(manifest, sort_keys=False))
-    return path
+    return write_manifest(folder, f"hops-{hops}", "hop1" if hops else "model", nodes)
 
 
 CLIENT = textwrap.dedent('''\
@@ -122,11 +152,11 @@ def entrypoint_model(http_port: int) -> str:
         return str(json.loads(resp.read())[0]["name"])
 
 
-def measure(manifest: Path, hops: int, concurrencies: list[int], requests: int, workdir: Path) -> dict[int, dict]:
+def measure(manifest: Path, label: str, concurrencies: list[int], requests: int, workdir: Path) -> dict[int, dict]:
     http, grpc_port, metrics = free_port(), free_port(), free_port()
     cmd = [sys.executable, "-m", "servegraph", "run", str(manifest), "--http-port", str(http),
            "--grpc-port", str(grpc_port), "--metrics-port", str(metrics)]
-    server = procs.start_server(f"hops-{hops}", cmd, workdir / f"hops-{hops}.log",
+    server = procs.start_server(label, cmd, workdir / f"{label}.log",
                                 env={"PYTHONPATH": str(ROOT / "src")}, cwd=manifest.parent)
     results: dict[int, dict] = {}
     try:
@@ -139,7 +169,7 @@ def measure(manifest: Path, hops: int, concurrencies: list[int], requests: int, 
                 capture_output=True, text=True, env=procs.pinned_env(), timeout=600,
             )
             if proc.returncode != 0:
-                raise RuntimeError(f"client failed for {hops} hops, c={c}:\n{proc.stderr[-1500:]}")
+                raise RuntimeError(f"client failed for {label}, c={c}:\n{proc.stderr[-1500:]}")
             results[c] = json.loads(proc.stdout.strip().splitlines()[-1])
     finally:
         server.stop()
@@ -149,32 +179,37 @@ def measure(manifest: Path, hops: int, concurrencies: list[int], requests: int, 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--hops", default="0,1,2,3")
+    p.add_argument("--routers", default="1,2", help="router cases: models serving its traffic, 1 or 2 ('' for none)")
     p.add_argument("--concurrency", default="1,16")
     p.add_argument("--requests", type=int, default=2000)
     args = p.parse_args(argv)
-    hop_counts = [int(h) for h in args.hops.split(",")]
+    hop_counts = [int(h) for h in args.hops.split(",") if h]
+    router_children = [int(r) for r in args.routers.split(",") if r]
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    table: dict[int, dict[int, dict]] = {}
+    # label -> (hops it adds over the model alone, c -> cell)
+    table: dict[str, tuple[int, dict[int, dict]]] = {}
     with tempfile.TemporaryDirectory(prefix="servegraph-hops-") as tmp:
         folder = Path(tmp)
-        for hops in hop_counts:
-            print(f"[hops] {hops} hops", file=sys.stderr, flush=True)
-            table[hops] = measure(write_graph(folder, hops), hops, concurrencies, args.requests, folder)
-    print(f"Graph hops over gRPC, {args.requests} requests per cell (graph on core {procs.SERVER_CORE}, "
+        cases = [(f"{h} hops", h, write_graph(folder, h)) for h in hop_counts]
+        cases += [(f"router-{n}", 1, write_router_graph(folder, n)) for n in router_children]
+        for label, hops, manifest in cases:
+            print(f"[hops] {label}", file=sys.stderr, flush=True)
+            table[label] = (hops, measure(manifest, label.replace(" ", "-"), concurrencies, args.requests, folder))
+    print(f"Graph hops, entrypoint over gRPC, {args.requests} requests per cell (graph on core {procs.SERVER_CORE}, "
           f"client on core {procs.CLIENT_CORE}; load average at start {load})\n")
-    header = " | ".join(f"c={c} req/s · p50 · p99 ms | c={c} p50 added per hop" for c in concurrencies)
-    print(f"| hops | {header} |")
-    print("|---:|" + "---:|---:|" * len(concurrencies))
-    base = table.get(0, {})
-    for hops, cells in table.items():
+    header = " | ".join(f"c={c} req/s · p50 · p99 ms | c={c} p50 added per hop | c={c} req/s vs model" for c in concurrencies)
+    print(f"| graph | {header} |")
+    print("|---|" + "---:|---:|---:|" * len(concurrencies))
+    base = table.get("0 hops", (0, {}))[1]
+    for label, (hops, cells) in table.items():
         row = []
         for c in concurrencies:
             cell = cells[c]
-            added = (cell["p50"] - base[c]["p50"]) / hops if hops and c in base else 0.0
-            row.append(f"{cell['rps']:.0f} · {cell['p50']:.2f} · {cell['p99']:.1f} | "
-                       + (f"{added:.2f}" if hops else "–"))
-        print(f"| {hops} | " + " | ".join(row) + " |")
+            added = f"{(cell['p50'] - base[c]['p50']) / hops:.2f}" if hops and c in base else "–"
+            share = f"{100 * cell['rps'] / base[c]['rps']:.0f} %" if hops and c in base else "–"
+            row.append(f"{cell['rps']:.0f} · {cell['p50']:.2f} · {cell['p99']:.1f} | {added} | {share}")
+        print(f"| {label} | " + " | ".join(row) + " |")
     return 0
 
 
