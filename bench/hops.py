@@ -3,16 +3,18 @@
 Each hop is a Transformer node (an identity StandardScaler on 16 floats) in front of a tiny
 model (FP32 [n, 16] -> the same, no batching), chained on loopback as ``servegraph run``
 wires them (nodes call their children over HTTP/1.1 binary tensors): 0 hops is the model
-alone. A router case puts a Weighted Router in front of two copies of the model, all traffic to
-one (``router-1``; a router needs two children, the other stays idle) or half to each
-(``router-2``). Every process of the graph runs on core
-0 (``taskset``), the client (tritonclient ``grpc.aio`` on uvloop, calling the entrypoint over
-gRPC) on core 1; each cell sends a fixed number of requests in a closed loop and reports
-requests/s, p50 and p99, the p50 each hop adds, and requests/s as a share of the model
-alone's (the issue's target for a router: at least 80 %).
+alone. A router case puts a Weighted Router in front of two copies of the model, all
+traffic to one (``router-1``; a router needs two children, the other stays idle) or half to
+each (``router-2``). Every process of the graph runs on core 0 (``taskset``), the client
+(tritonclient ``grpc.aio`` on uvloop calling the entrypoint over gRPC, or with ``--protocol
+http`` tritonclient ``http.aio`` with binary tensors) on core 1; each cell sends a fixed
+number of requests in a closed loop and reports requests/s, p50 and p99, the p50 each hop
+adds, and requests/s as a share of the model alone's (the issue's target for a router: at
+least 80 %).
 
     python bench/hops.py                          # 0-3 hops, routers, c=1 and c=16, 2000 requests per cell
     python bench/hops.py --hops 0,1 --routers "" --concurrency 1 --requests 500
+    python bench/hops.py --hops 0 --routers 1 --protocol http   # the router behind an HTTP entry
 """
 
 from __future__ import annotations
@@ -110,14 +112,19 @@ def write_graph(folder: Path, hops: int) -> Path:
 CLIENT = textwrap.dedent('''\
     import asyncio, json, sys, time
     import numpy as np
-    import tritonclient.grpc.aio as grpcclient
+    if sys.argv[5] == "http":
+        import tritonclient.http.aio as triton  # the same calls, with binary tensors
+        BINARY = {"binary_data": True}
+    else:
+        import tritonclient.grpc.aio as triton
+        BINARY = {}
 
     async def main(port, model, concurrency, requests):
-        client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
+        client = triton.InferenceServerClient(f"127.0.0.1:{port}")
         x = np.arange(%(width)d, dtype=np.float32).reshape(1, %(width)d)
-        inp = grpcclient.InferInput("INPUT", [1, %(width)d], "FP32")
-        inp.set_data_from_numpy(x)
-        out = [grpcclient.InferRequestedOutput("OUTPUT")]
+        inp = triton.InferInput("INPUT", [1, %(width)d], "FP32")
+        inp.set_data_from_numpy(x, **BINARY)
+        out = [triton.InferRequestedOutput("OUTPUT", **BINARY)]
         got = (await client.infer(model, [inp], outputs=out)).as_numpy("OUTPUT")
         assert got is not None and np.allclose(got, x), got
         for _ in range(50):
@@ -152,7 +159,9 @@ def entrypoint_model(http_port: int) -> str:
         return str(json.loads(resp.read())[0]["name"])
 
 
-def measure(manifest: Path, label: str, concurrencies: list[int], requests: int, workdir: Path) -> dict[int, dict]:
+def measure(
+    manifest: Path, label: str, concurrencies: list[int], requests: int, workdir: Path, protocol: str
+) -> dict[int, dict]:
     http, grpc_port, metrics = free_port(), free_port(), free_port()
     cmd = [sys.executable, "-m", "servegraph", "run", str(manifest), "--http-port", str(http),
            "--grpc-port", str(grpc_port), "--metrics-port", str(metrics)]
@@ -164,8 +173,8 @@ def measure(manifest: Path, label: str, concurrencies: list[int], requests: int,
         model = entrypoint_model(http)
         for c in concurrencies:
             proc = subprocess.run(
-                ["taskset", "-c", procs.CLIENT_CORE, sys.executable, "-c", CLIENT, str(grpc_port), model,
-                 str(c), str(requests)],
+                ["taskset", "-c", procs.CLIENT_CORE, sys.executable, "-c", CLIENT,
+                 str(http if protocol == "http" else grpc_port), model, str(c), str(requests), protocol],
                 capture_output=True, text=True, env=procs.pinned_env(), timeout=600,
             )
             if proc.returncode != 0:
@@ -181,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hops", default="0,1,2,3")
     p.add_argument("--routers", default="1,2", help="router cases: models serving its traffic, 1 or 2 ('' for none)")
     p.add_argument("--concurrency", default="1,16")
+    p.add_argument("--protocol", choices=["grpc", "http"], default="grpc", help="how the client calls the entrypoint")
     p.add_argument("--requests", type=int, default=2000)
     args = p.parse_args(argv)
     hop_counts = [int(h) for h in args.hops.split(",") if h]
@@ -195,8 +205,10 @@ def main(argv: list[str] | None = None) -> int:
         cases += [(f"router-{n}", 1, write_router_graph(folder, n)) for n in router_children]
         for label, hops, manifest in cases:
             print(f"[hops] {label}", file=sys.stderr, flush=True)
-            table[label] = (hops, measure(manifest, label.replace(" ", "-"), concurrencies, args.requests, folder))
-    print(f"Graph hops, entrypoint over gRPC, {args.requests} requests per cell (graph on core {procs.SERVER_CORE}, "
+            table[label] = (hops, measure(
+                manifest, label.replace(" ", "-"), concurrencies, args.requests, folder, args.protocol
+            ))
+    print(f"Graph hops, entrypoint over {args.protocol}, {args.requests} requests per cell (graph on core {procs.SERVER_CORE}, "
           f"client on core {procs.CLIENT_CORE}; load average at start {load})\n")
     header = " | ".join(f"c={c} req/s · p50 · p99 ms | c={c} p50 added per hop | c={c} req/s vs model" for c in concurrencies)
     print(f"| graph | {header} |")
