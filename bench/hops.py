@@ -9,8 +9,9 @@ each (``router-2``). Every process of the graph runs on core 0 (``taskset``), th
 (tritonclient ``grpc.aio`` on uvloop calling the entrypoint over gRPC, or with ``--protocol
 http`` tritonclient ``http.aio`` with binary tensors) on core 1; each cell sends a fixed
 number of requests in a closed loop and reports requests/s, p50 and p99, the p50 each hop
-adds, and requests/s as a share of the model alone's (the issue's target for a router: at
-least 80 %).
+adds, requests/s as a share of the model alone's (the issue's target for a router: at
+least 80 %), and the graph's CPU per request from /proc (what each hop adds), which a busy
+machine disturbs far less than requests/s.
 
     python bench/hops.py                          # 0-3 hops, routers, c=1 and c=16, 2000 requests per cell
     python bench/hops.py --hops 0,1 --routers "" --concurrency 1 --requests 500
@@ -35,10 +36,12 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
 import procs  # noqa: E402
+from loadgen import tree_cpu_seconds  # noqa: E402
 
 from servegraph.ports import free_port  # noqa: E402
 
 WIDTH = 16
+WARMUP = 50
 
 MODEL_CONFIG = {
     "backend": "python",
@@ -127,7 +130,7 @@ CLIENT = textwrap.dedent('''\
         out = [triton.InferRequestedOutput("OUTPUT", **BINARY)]
         got = (await client.infer(model, [inp], outputs=out)).as_numpy("OUTPUT")
         assert got is not None and np.allclose(got, x), got
-        for _ in range(50):
+        for _ in range(%(warmup)d):
             await client.infer(model, [inp], outputs=out)
         latencies, issued = [], 0
 
@@ -149,7 +152,7 @@ CLIENT = textwrap.dedent('''\
 
     import uvloop
     uvloop.run(main(int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))
-''') % {"width": WIDTH}
+''') % {"width": WIDTH, "warmup": WARMUP}
 
 
 def entrypoint_model(http_port: int) -> str:
@@ -172,6 +175,7 @@ def measure(
         procs.wait_ready(server, http, 180.0)
         model = entrypoint_model(http)
         for c in concurrencies:
+            cpu_before = tree_cpu_seconds(server.pid)
             proc = subprocess.run(
                 ["taskset", "-c", procs.CLIENT_CORE, sys.executable, "-c", CLIENT,
                  str(http if protocol == "http" else grpc_port), model, str(c), str(requests), protocol],
@@ -180,6 +184,9 @@ def measure(
             if proc.returncode != 0:
                 raise RuntimeError(f"client failed for {label}, c={c}:\n{proc.stderr[-1500:]}")
             results[c] = json.loads(proc.stdout.strip().splitlines()[-1])
+            # The graph's CPU (every process of it, on core 0) per request, warm-up included:
+            # unlike requests/s it hardly depends on what else the machine runs.
+            results[c]["cpu_ms"] = (tree_cpu_seconds(server.pid) - cpu_before) * 1e3 / (requests + WARMUP + 1)
     finally:
         server.stop()
     return results
@@ -210,9 +217,12 @@ def main(argv: list[str] | None = None) -> int:
             ))
     print(f"Graph hops, entrypoint over {args.protocol}, {args.requests} requests per cell (graph on core {procs.SERVER_CORE}, "
           f"client on core {procs.CLIENT_CORE}; load average at start {load})\n")
-    header = " | ".join(f"c={c} req/s · p50 · p99 ms | c={c} p50 added per hop | c={c} req/s vs model" for c in concurrencies)
+    header = " | ".join(
+        f"c={c} req/s · p50 · p99 ms | c={c} p50 added per hop | c={c} req/s vs model | c={c} CPU ms/req (added per hop)"
+        for c in concurrencies
+    )
     print(f"| graph | {header} |")
-    print("|---|" + "---:|---:|---:|" * len(concurrencies))
+    print("|---|" + "---:|---:|---:|---:|" * len(concurrencies))
     base = table.get("0 hops", (0, {}))[1]
     for label, (hops, cells) in table.items():
         row = []
@@ -220,7 +230,10 @@ def main(argv: list[str] | None = None) -> int:
             cell = cells[c]
             added = f"{(cell['p50'] - base[c]['p50']) / hops:.2f}" if hops and c in base else "–"
             share = f"{100 * cell['rps'] / base[c]['rps']:.0f} %" if hops and c in base else "–"
-            row.append(f"{cell['rps']:.0f} · {cell['p50']:.2f} · {cell['p99']:.1f} | {added} | {share}")
+            cpu = f"{cell['cpu_ms']:.2f}"
+            if hops and c in base:
+                cpu += f" ({(cell['cpu_ms'] - base[c]['cpu_ms']) / hops:.2f})"
+            row.append(f"{cell['rps']:.0f} · {cell['p50']:.2f} · {cell['p99']:.1f} | {added} | {share} | {cpu}")
         print(f"| {label} | " + " | ".join(row) + " |")
     return 0
 
