@@ -7,13 +7,14 @@ alone. A router case puts a Weighted Router in front of two copies of the model,
 traffic to one (``router-1``; a router needs two children, the other stays idle) or half to
 each (``router-2``). Every process of the graph runs on core 0 (``taskset``), the client
 (tritonclient ``grpc.aio`` on uvloop calling the entrypoint over gRPC, or with ``--protocol
-http`` tritonclient ``http.aio`` with binary tensors) on core 1; each cell sends a fixed
-number of requests in a closed loop and reports requests/s, p50 and p99, the p50 each hop
+http`` tritonclient ``http.aio`` with binary tensors) on core 1. Every graph runs from the
+start; each cell sends a fixed number of requests in a closed loop, the cases interleaved
+round by round, and the medians are reported: requests/s, p50 and p99, the p50 each hop
 adds, requests/s as a share of the model alone's (the issue's target for a router: at
 least 80 %), and the graph's CPU per request from /proc (what each hop adds), which a busy
 machine disturbs far less than requests/s.
 
-    python bench/hops.py                          # 0-3 hops, routers, c=1 and c=16, 2000 requests per cell
+    python bench/hops.py                          # 0-3 hops, routers, c=1 and c=16, 3 rounds of 2000 requests per cell
     python bench/hops.py --hops 0,1 --routers "" --concurrency 1 --requests 500
     python bench/hops.py --hops 0 --routers 1 --protocol http   # the router behind an HTTP entry
 """
@@ -22,11 +23,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
 import textwrap
 import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -162,34 +165,48 @@ def entrypoint_model(http_port: int) -> str:
         return str(json.loads(resp.read())[0]["name"])
 
 
-def measure(
-    manifest: Path, label: str, concurrencies: list[int], requests: int, workdir: Path, protocol: str
-) -> dict[int, dict]:
+@dataclass
+class Graph:
+    """One case's ``servegraph run``, started once and measured round after round."""
+
+    label: str
+    hops: int
+    server: procs.ServerProcess
+    http: int
+    grpc: int
+    model: str = ""
+    cells: dict[int, list[dict[str, float]]] = field(default_factory=dict)
+
+
+def start(manifest: Path, label: str, hops: int, workdir: Path) -> Graph:
     http, grpc_port, metrics = free_port(), free_port(), free_port()
     cmd = [sys.executable, "-m", "servegraph", "run", str(manifest), "--http-port", str(http),
            "--grpc-port", str(grpc_port), "--metrics-port", str(metrics)]
-    server = procs.start_server(label, cmd, workdir / f"{label}.log",
+    name = label.replace(" ", "-")
+    server = procs.start_server(name, cmd, workdir / f"{name}.log",
                                 env={"PYTHONPATH": str(ROOT / "src")}, cwd=manifest.parent)
-    results: dict[int, dict] = {}
-    try:
-        procs.wait_ready(server, http, 180.0)
-        model = entrypoint_model(http)
-        for c in concurrencies:
-            cpu_before = tree_cpu_seconds(server.pid)
-            proc = subprocess.run(
-                ["taskset", "-c", procs.CLIENT_CORE, sys.executable, "-c", CLIENT,
-                 str(http if protocol == "http" else grpc_port), model, str(c), str(requests), protocol],
-                capture_output=True, text=True, env=procs.pinned_env(), timeout=600,
-            )
-            if proc.returncode != 0:
-                raise RuntimeError(f"client failed for {label}, c={c}:\n{proc.stderr[-1500:]}")
-            results[c] = json.loads(proc.stdout.strip().splitlines()[-1])
-            # The graph's CPU (every process of it, on core 0) per request, warm-up included:
-            # unlike requests/s it hardly depends on what else the machine runs.
-            results[c]["cpu_ms"] = (tree_cpu_seconds(server.pid) - cpu_before) * 1e3 / (requests + WARMUP + 1)
-    finally:
-        server.stop()
-    return results
+    return Graph(label, hops, server, http, grpc_port)
+
+
+def measure(graph: Graph, c: int, requests: int, protocol: str) -> dict[str, float]:
+    """One cell: ``requests`` closed-loop requests at concurrency ``c``, and the graph's CPU."""
+    cpu_before = tree_cpu_seconds(graph.server.pid)
+    proc = subprocess.run(
+        ["taskset", "-c", procs.CLIENT_CORE, sys.executable, "-c", CLIENT,
+         str(graph.http if protocol == "http" else graph.grpc), graph.model, str(c), str(requests), protocol],
+        capture_output=True, text=True, env=procs.pinned_env(), timeout=600,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"client failed for {graph.label}, c={c}:\n{proc.stderr[-1500:]}")
+    cell: dict[str, float] = json.loads(proc.stdout.strip().splitlines()[-1])
+    # The graph's CPU (every process of it, on core 0) per request, warm-up included: unlike
+    # requests/s it hardly depends on what else the machine runs.
+    cell["cpu_ms"] = (tree_cpu_seconds(graph.server.pid) - cpu_before) * 1e3 / (requests + WARMUP + 1)
+    return cell
+
+
+def median_cell(cells: list[dict[str, float]]) -> dict[str, float]:
+    return {key: statistics.median(cell[key] for cell in cells) for key in cells[0]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,42 +216,56 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", default="1,16")
     p.add_argument("--protocol", choices=["grpc", "http"], default="grpc", help="how the client calls the entrypoint")
     p.add_argument("--requests", type=int, default=2000)
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds over every case; medians are printed")
     args = p.parse_args(argv)
     hop_counts = [int(h) for h in args.hops.split(",") if h]
     router_children = [int(r) for r in args.routers.split(",") if r]
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    # label -> (hops it adds over the model alone, c -> cell)
-    table: dict[str, tuple[int, dict[int, dict]]] = {}
+    graphs: list[Graph] = []
     with tempfile.TemporaryDirectory(prefix="servegraph-hops-") as tmp:
         folder = Path(tmp)
-        cases = [(f"{h} hops", h, write_graph(folder, h)) for h in hop_counts]
-        cases += [(f"router-{n}", 1, write_router_graph(folder, n)) for n in router_children]
-        for label, hops, manifest in cases:
-            print(f"[hops] {label}", file=sys.stderr, flush=True)
-            table[label] = (hops, measure(
-                manifest, label.replace(" ", "-"), concurrencies, args.requests, folder, args.protocol
-            ))
-    print(f"Graph hops, entrypoint over {args.protocol}, {args.requests} requests per cell (graph on core {procs.SERVER_CORE}, "
-          f"client on core {procs.CLIENT_CORE}; load average at start {load})\n")
+        try:
+            # Every graph runs from the start (idle ones cost next to nothing), so rounds can
+            # interleave the cases and a burst of load elsewhere hits them all alike.
+            for h in hop_counts:
+                graphs.append(start(write_graph(folder, h), f"{h} hops", h, folder))
+            for n in router_children:
+                graphs.append(start(write_router_graph(folder, n), f"router-{n}", 1, folder))
+            for graph in graphs:
+                procs.wait_ready(graph.server, graph.http, 180.0)
+                graph.model = entrypoint_model(graph.http)
+            for r in range(args.rounds):
+                for graph in graphs:
+                    print(f"[hops] round {r + 1}/{args.rounds}: {graph.label}", file=sys.stderr, flush=True)
+                    for c in concurrencies:
+                        graph.cells.setdefault(c, []).append(measure(graph, c, args.requests, args.protocol))
+        finally:
+            for graph in graphs:
+                graph.server.stop()
+    print(f"Graph hops, entrypoint over {args.protocol}, {args.requests} requests per cell, median of {args.rounds} "
+          f"interleaved rounds (graph on core {procs.SERVER_CORE}, client on core {procs.CLIENT_CORE}; load average "
+          f"at start {load})\n")
     header = " | ".join(
         f"c={c} req/s · p50 · p99 ms | c={c} p50 added per hop | c={c} req/s vs model | c={c} CPU ms/req (added per hop)"
         for c in concurrencies
     )
     print(f"| graph | {header} |")
     print("|---|" + "---:|---:|---:|---:|" * len(concurrencies))
-    base = table.get("0 hops", (0, {}))[1]
-    for label, (hops, cells) in table.items():
+    medians = {graph.label: {c: median_cell(cells) for c, cells in graph.cells.items()} for graph in graphs}
+    base = medians.get("0 hops", {})
+    for graph in graphs:
         row = []
         for c in concurrencies:
-            cell = cells[c]
+            cell = medians[graph.label][c]
+            hops = graph.hops
             added = f"{(cell['p50'] - base[c]['p50']) / hops:.2f}" if hops and c in base else "–"
             share = f"{100 * cell['rps'] / base[c]['rps']:.0f} %" if hops and c in base else "–"
             cpu = f"{cell['cpu_ms']:.2f}"
             if hops and c in base:
                 cpu += f" ({(cell['cpu_ms'] - base[c]['cpu_ms']) / hops:.2f})"
             row.append(f"{cell['rps']:.0f} · {cell['p50']:.2f} · {cell['p99']:.1f} | {added} | {share} | {cpu}")
-        print(f"| {label} | " + " | ".join(row) + " |")
+        print(f"| {graph.label} | " + " | ".join(row) + " |")
     return 0
 
 
