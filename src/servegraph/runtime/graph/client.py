@@ -6,11 +6,12 @@ extension when the child's ``http`` endpoint is known (the control plane always 
 in; servegraph and Triton serve it): tensors the node did not change are written straight
 from the caller's message, and a call costs a fraction of a grpc.aio one (``http_channel``).
 Otherwise, and for readiness, metadata and feedback, it goes over gRPC with tritonclient's
-aio client. Connections are kept for the node's lifetime, so calls reuse them. The caller's deadline travels as the gRPC deadline
-of every child call, less the time already spent: a child never works on an answer nobody
-waits for, and a node never waits past its caller. Failures come back as the child-naming
-errors of ``protocol.errors``, each child status as the node's matching status
-(``CHILD_STATUS``): 503 down, 503 busy with the child's retry hint, 504 out of time, 400
+aio client. Connections are kept for the node's lifetime, so calls reuse them. The caller's
+deadline travels with every child call (the gRPC deadline, or ``X-Request-Timeout-Ms``),
+less the time already spent: a child never works on an answer nobody waits for, and a node
+never waits past its caller. Failures come back as the child-naming errors of
+``protocol.errors``, each child status (an HTTP status read as the gRPC one it stands for)
+as the node's matching status (``CHILD_STATUS``): 503 down, 503 busy with the child's retry hint, 504 out of time, 400
 rejected, 413, 403, UNIMPLEMENTED, 500 failed.
 """
 
