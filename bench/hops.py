@@ -227,12 +227,13 @@ def main(argv: list[str] | None = None) -> int:
         folder = Path(tmp)
         try:
             # Every graph runs from the start (idle ones cost next to nothing), so rounds can
-            # interleave the cases and a burst of load elsewhere hits them all alike.
-            for h in hop_counts:
-                graphs.append(start(write_graph(folder, h), f"{h} hops", h, folder))
-            for n in router_children:
-                graphs.append(start(write_router_graph(folder, n), f"router-{n}", 1, folder))
-            for graph in graphs:
+            # interleave the cases and a burst of load elsewhere hits them all alike. They start
+            # one at a time: each picks free ports for its nodes, which must not race.
+            cases = [(write_graph(folder, h), f"{h} hops", h) for h in hop_counts]
+            cases += [(write_router_graph(folder, n), f"router-{n}", 1) for n in router_children]
+            for manifest, label, hops in cases:
+                graph = start(manifest, label, hops, folder)
+                graphs.append(graph)
                 procs.wait_ready(graph.server, graph.http, 180.0)
                 graph.model = entrypoint_model(graph.http)
             for r in range(args.rounds):
