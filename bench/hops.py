@@ -1,24 +1,35 @@
-"""What a graph hop costs: 0-3 Transformer nodes in front of a model, via ``servegraph run``.
+"""What a graph hop costs: 0-3 Transformer nodes, or a Router, in front of a model, via ``servegraph run``.
 
 Each hop is a Transformer node (an identity StandardScaler on 16 floats) in front of a tiny
-model (FP32 [n, 16] -> the same, no batching), chained over gRPC on loopback: 0 hops is the
-model alone. Every process of the graph runs on core 0 (``taskset``), the client
-(tritonclient ``grpc.aio`` on uvloop) on core 1; each cell sends a fixed number of requests
-in a closed loop and reports requests/s, p50 and p99, and the p50 each hop adds.
+model (FP32 [n, 16] -> the same, no batching), chained on loopback as ``servegraph run``
+wires them (nodes call their children over HTTP/1.1 binary tensors): 0 hops is the model
+alone. A router case puts a Weighted Router in front of two copies of the model, all
+traffic to one (``router-1``; a router needs two children, the other stays idle) or half to
+each (``router-2``). Every process of the graph runs on core 0 (``taskset``), the client
+(tritonclient ``grpc.aio`` on uvloop calling the entrypoint over gRPC, or with ``--protocol
+http`` tritonclient ``http.aio`` with binary tensors) on core 1. Every graph runs from the
+start; each cell sends a fixed number of requests in a closed loop, the cases interleaved
+round by round, and the medians are reported: requests/s, p50 and p99, the p50 each hop
+adds, requests/s as a share of the model alone's (the issue's target for a router: at
+least 80 %), and the graph's CPU per request from /proc (what each hop adds), which a busy
+machine disturbs far less than requests/s.
 
-    python bench/hops.py                          # 0-3 hops, c=1 and c=16, 2000 requests per cell
-    python bench/hops.py --hops 0,1 --concurrency 1 --requests 500
+    python bench/hops.py                          # 0-3 hops, routers, c=1 and c=16, 3 rounds of 2000 requests per cell
+    python bench/hops.py --hops 0,1 --routers "" --concurrency 1 --requests 500
+    python bench/hops.py --hops 0 --routers 1 --protocol http   # the router behind an HTTP entry
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
 import textwrap
 import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -28,10 +39,12 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
 import procs  # noqa: E402
+from loadgen import tree_cpu_seconds  # noqa: E402
 
 from servegraph.ports import free_port  # noqa: E402
 
 WIDTH = 16
+WARMUP = 50
 
 MODEL_CONFIG = {
     "backend": "python",
@@ -49,12 +62,45 @@ MODEL_CODE = textwrap.dedent('''\
 ''')
 
 
-def write_graph(folder: Path, hops: int) -> Path:
-    """A ModelDeployment with ``hops`` identity Transformers in front of the echo model."""
+def write_model(folder: Path) -> None:
     model_dir = folder / "models" / "echo"
     (model_dir / "1").mkdir(parents=True, exist_ok=True)
     (model_dir / "config.yaml").write_text(yaml.safe_dump(MODEL_CONFIG, sort_keys=False))
     (model_dir / "1" / "model.py").write_text(MODEL_CODE)
+
+
+def write_manifest(folder: Path, name: str, entrypoint: str, nodes: list[dict[str, object]]) -> Path:
+    manifest = {
+        "apiVersion": "servegraph.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": name},
+        "spec": {"entrypoint": entrypoint, "nodes": nodes},
+    }
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(manifest, sort_keys=False))
+    return path
+
+
+def write_router_graph(folder: Path, served_by: int) -> Path:
+    """A ModelDeployment with a Weighted Router over two copies of the echo model, sending all
+    traffic to the first (``served_by`` 1: a router needs two children, the second stays idle)
+    or half to each (2)."""
+    write_model(folder)
+    names = ["model1", "model2"]
+    weights = [100, 0] if served_by == 1 else [50, 50]
+    nodes: list[dict[str, object]] = [{
+        "name": "router",
+        "type": "Router",
+        "children": names,
+        "router": {"strategy": "Weighted", "weights": [{"child": n, "weight": w} for n, w in zip(names, weights)]},
+    }]
+    nodes += [{"name": n, "type": "Model", "model": {"storageUri": "models/echo"}} for n in names]
+    return write_manifest(folder, f"router-{served_by}", "router", nodes)
+
+
+def write_graph(folder: Path, hops: int) -> Path:
+    """A ModelDeployment with ``hops`` identity Transformers in front of the echo model."""
+    write_model(folder)
     nodes: list[dict[str, object]] = []
     for i in range(hops):
         nodes.append({
@@ -66,31 +112,28 @@ def write_graph(folder: Path, hops: int) -> Path:
             }]},
         })
     nodes.append({"name": "model", "type": "Model", "model": {"storageUri": "models/echo"}})
-    manifest = {
-        "apiVersion": "servegraph.io/v1alpha1",
-        "kind": "ModelDeployment",
-        "metadata": {"name": f"hops-{hops}"},
-        "spec": {"entrypoint": "hop1" if hops else "model", "nodes": nodes},
-    }
-    path = folder / f"hops-{hops}.yaml"
-    path.write_text(yaml.safe_dump(manifest, sort_keys=False))
-    return path
+    return write_manifest(folder, f"hops-{hops}", "hop1" if hops else "model", nodes)
 
 
 CLIENT = textwrap.dedent('''\
     import asyncio, json, sys, time
     import numpy as np
-    import tritonclient.grpc.aio as grpcclient
+    if sys.argv[5] == "http":
+        import tritonclient.http.aio as triton  # the same calls, with binary tensors
+        BINARY = {"binary_data": True}
+    else:
+        import tritonclient.grpc.aio as triton
+        BINARY = {}
 
     async def main(port, model, concurrency, requests):
-        client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
+        client = triton.InferenceServerClient(f"127.0.0.1:{port}")
         x = np.arange(%(width)d, dtype=np.float32).reshape(1, %(width)d)
-        inp = grpcclient.InferInput("INPUT", [1, %(width)d], "FP32")
-        inp.set_data_from_numpy(x)
-        out = [grpcclient.InferRequestedOutput("OUTPUT")]
+        inp = triton.InferInput("INPUT", [1, %(width)d], "FP32")
+        inp.set_data_from_numpy(x, **BINARY)
+        out = [triton.InferRequestedOutput("OUTPUT", **BINARY)]
         got = (await client.infer(model, [inp], outputs=out)).as_numpy("OUTPUT")
         assert got is not None and np.allclose(got, x), got
-        for _ in range(50):
+        for _ in range(%(warmup)d):
             await client.infer(model, [inp], outputs=out)
         latencies, issued = [], 0
 
@@ -112,7 +155,7 @@ CLIENT = textwrap.dedent('''\
 
     import uvloop
     uvloop.run(main(int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))
-''') % {"width": WIDTH}
+''') % {"width": WIDTH, "warmup": WARMUP}
 
 
 def entrypoint_model(http_port: int) -> str:
@@ -122,59 +165,108 @@ def entrypoint_model(http_port: int) -> str:
         return str(json.loads(resp.read())[0]["name"])
 
 
-def measure(manifest: Path, hops: int, concurrencies: list[int], requests: int, workdir: Path) -> dict[int, dict]:
+@dataclass
+class Graph:
+    """One case's ``servegraph run``, started once and measured round after round."""
+
+    label: str
+    hops: int
+    server: procs.ServerProcess
+    http: int
+    grpc: int
+    model: str = ""
+    cells: dict[int, list[dict[str, float]]] = field(default_factory=dict)
+
+
+def start(manifest: Path, label: str, hops: int, workdir: Path) -> Graph:
     http, grpc_port, metrics = free_port(), free_port(), free_port()
     cmd = [sys.executable, "-m", "servegraph", "run", str(manifest), "--http-port", str(http),
            "--grpc-port", str(grpc_port), "--metrics-port", str(metrics)]
-    server = procs.start_server(f"hops-{hops}", cmd, workdir / f"hops-{hops}.log",
+    name = label.replace(" ", "-")
+    server = procs.start_server(name, cmd, workdir / f"{name}.log",
                                 env={"PYTHONPATH": str(ROOT / "src")}, cwd=manifest.parent)
-    results: dict[int, dict] = {}
-    try:
-        procs.wait_ready(server, http, 180.0)
-        model = entrypoint_model(http)
-        for c in concurrencies:
-            proc = subprocess.run(
-                ["taskset", "-c", procs.CLIENT_CORE, sys.executable, "-c", CLIENT, str(grpc_port), model,
-                 str(c), str(requests)],
-                capture_output=True, text=True, env=procs.pinned_env(), timeout=600,
-            )
-            if proc.returncode != 0:
-                raise RuntimeError(f"client failed for {hops} hops, c={c}:\n{proc.stderr[-1500:]}")
-            results[c] = json.loads(proc.stdout.strip().splitlines()[-1])
-    finally:
-        server.stop()
-    return results
+    return Graph(label, hops, server, http, grpc_port)
+
+
+def measure(graph: Graph, c: int, requests: int, protocol: str) -> dict[str, float]:
+    """One cell: ``requests`` closed-loop requests at concurrency ``c``, and the graph's CPU."""
+    cpu_before = tree_cpu_seconds(graph.server.pid)
+    proc = subprocess.run(
+        ["taskset", "-c", procs.CLIENT_CORE, sys.executable, "-c", CLIENT,
+         str(graph.http if protocol == "http" else graph.grpc), graph.model, str(c), str(requests), protocol],
+        capture_output=True, text=True, env=procs.pinned_env(), timeout=600,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"client failed for {graph.label}, c={c}:\n{proc.stderr[-1500:]}")
+    cell: dict[str, float] = json.loads(proc.stdout.strip().splitlines()[-1])
+    # The graph's CPU (every process of it, on core 0) per request, warm-up included: unlike
+    # requests/s it hardly depends on what else the machine runs.
+    cell["cpu_ms"] = (tree_cpu_seconds(graph.server.pid) - cpu_before) * 1e3 / (requests + WARMUP + 1)
+    return cell
+
+
+def median_cell(cells: list[dict[str, float]]) -> dict[str, float]:
+    return {key: statistics.median(cell[key] for cell in cells) for key in cells[0]}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--hops", default="0,1,2,3")
+    p.add_argument("--routers", default="1,2", help="router cases: models serving its traffic, 1 or 2 ('' for none)")
     p.add_argument("--concurrency", default="1,16")
+    p.add_argument("--protocol", choices=["grpc", "http"], default="grpc", help="how the client calls the entrypoint")
     p.add_argument("--requests", type=int, default=2000)
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds over every case; medians are printed")
     args = p.parse_args(argv)
-    hop_counts = [int(h) for h in args.hops.split(",")]
+    hop_counts = [int(h) for h in args.hops.split(",") if h]
+    router_children = [int(r) for r in args.routers.split(",") if r]
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    table: dict[int, dict[int, dict]] = {}
+    graphs: list[Graph] = []
     with tempfile.TemporaryDirectory(prefix="servegraph-hops-") as tmp:
         folder = Path(tmp)
-        for hops in hop_counts:
-            print(f"[hops] {hops} hops", file=sys.stderr, flush=True)
-            table[hops] = measure(write_graph(folder, hops), hops, concurrencies, args.requests, folder)
-    print(f"Graph hops over gRPC, {args.requests} requests per cell (graph on core {procs.SERVER_CORE}, "
-          f"client on core {procs.CLIENT_CORE}; load average at start {load})\n")
-    header = " | ".join(f"c={c} req/s · p50 · p99 ms | c={c} p50 added per hop" for c in concurrencies)
-    print(f"| hops | {header} |")
-    print("|---:|" + "---:|---:|" * len(concurrencies))
-    base = table.get(0, {})
-    for hops, cells in table.items():
+        try:
+            # Every graph runs from the start (idle ones cost next to nothing), so rounds can
+            # interleave the cases and a burst of load elsewhere hits them all alike. They start
+            # one at a time: each picks free ports for its nodes, which must not race.
+            cases = [(write_graph(folder, h), f"{h} hops", h) for h in hop_counts]
+            cases += [(write_router_graph(folder, n), f"router-{n}", 1) for n in router_children]
+            for manifest, label, hops in cases:
+                graph = start(manifest, label, hops, folder)
+                graphs.append(graph)
+                procs.wait_ready(graph.server, graph.http, 180.0)
+                graph.model = entrypoint_model(graph.http)
+            for r in range(args.rounds):
+                for graph in graphs:
+                    print(f"[hops] round {r + 1}/{args.rounds}: {graph.label}", file=sys.stderr, flush=True)
+                    for c in concurrencies:
+                        graph.cells.setdefault(c, []).append(measure(graph, c, args.requests, args.protocol))
+        finally:
+            for graph in graphs:
+                graph.server.stop()
+    print(f"Graph hops, entrypoint over {args.protocol}, {args.requests} requests per cell, median of {args.rounds} "
+          f"interleaved rounds (graph on core {procs.SERVER_CORE}, client on core {procs.CLIENT_CORE}; load average "
+          f"at start {load})\n")
+    header = " | ".join(
+        f"c={c} req/s · p50 · p99 ms | c={c} p50 added per hop | c={c} req/s vs model | c={c} CPU ms/req (added per hop)"
+        for c in concurrencies
+    )
+    print(f"| graph | {header} |")
+    print("|---|" + "---:|---:|---:|---:|" * len(concurrencies))
+    medians = {graph.label: {c: median_cell(cells) for c, cells in graph.cells.items()} for graph in graphs}
+    base = medians.get("0 hops", {})
+    for graph in graphs:
         row = []
         for c in concurrencies:
-            cell = cells[c]
-            added = (cell["p50"] - base[c]["p50"]) / hops if hops and c in base else 0.0
-            row.append(f"{cell['rps']:.0f} · {cell['p50']:.2f} · {cell['p99']:.1f} | "
-                       + (f"{added:.2f}" if hops else "–"))
-        print(f"| {hops} | " + " | ".join(row) + " |")
+            cell = medians[graph.label][c]
+            hops = graph.hops
+            added = f"{(cell['p50'] - base[c]['p50']) / hops:.2f}" if hops and c in base else "–"
+            share = f"{100 * cell['rps'] / base[c]['rps']:.0f} %" if hops and c in base else "–"
+            cpu = f"{cell['cpu_ms']:.2f}"
+            if hops and c in base:
+                cpu += f" ({(cell['cpu_ms'] - base[c]['cpu_ms']) / hops:.2f})"
+            row.append(f"{cell['rps']:.0f} · {cell['p50']:.2f} · {cell['p99']:.1f} | {added} | {share} | {cpu}")
+        print(f"| {graph.label} | " + " | ".join(row) + " |")
     return 0
 
 

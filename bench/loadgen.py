@@ -106,7 +106,7 @@ class Client:
         await self._client.close()
 
 
-def _tree_cpu_seconds(root: int) -> float:
+def tree_cpu_seconds(root: int) -> float:
     """User+system CPU seconds of ``root`` and all its descendants (from /proc)."""
     if root <= 0:
         return 0.0
@@ -172,9 +172,9 @@ async def measure(client: Client, spec: LoadSpec, concurrency: int) -> Cell:
 
     async def sample_cpu() -> tuple[float, float]:
         await asyncio.sleep(max(0.0, start - now()))
-        c0, s0, w0 = time.process_time(), _tree_cpu_seconds(spec.server_pid), now()
+        c0, s0, w0 = time.process_time(), tree_cpu_seconds(spec.server_pid), now()
         await asyncio.sleep(max(0.0, end - now()))
-        c1, s1, w1 = time.process_time(), _tree_cpu_seconds(spec.server_pid), now()
+        c1, s1, w1 = time.process_time(), tree_cpu_seconds(spec.server_pid), now()
         wall = max(w1 - w0, 1e-9)
         return (c1 - c0) / wall, (s1 - s0) / wall
 
@@ -219,9 +219,9 @@ async def measure_count(client: Client, spec: LoadSpec, concurrency: int) -> Cel
                 continue
             latencies.append(now() - t0)
 
-    c0, s0, w0 = time.process_time(), _tree_cpu_seconds(spec.server_pid), now()
+    c0, s0, w0 = time.process_time(), tree_cpu_seconds(spec.server_pid), now()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    c1, s1, w1 = time.process_time(), _tree_cpu_seconds(spec.server_pid), now()
+    c1, s1, w1 = time.process_time(), tree_cpu_seconds(spec.server_pid), now()
     wall = max(w1 - w0, 1e-9)
     lat = np.array(latencies) * 1e3 if latencies else np.array([np.nan])
     return Cell(

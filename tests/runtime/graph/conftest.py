@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from servegraph.runtime.server import Server
 from tests.conftest import serve
-from tests.runtime.graph.helpers import add_affine_models
+from tests.runtime.graph.helpers import CHILD_TRANSPORTS, add_affine_models, child_transport
+
+
+@pytest.fixture(params=CHILD_TRANSPORTS)
+def transport(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run a test once with nodes calling child servers over gRPC, once over HTTP."""
+    child_transport["now"] = request.param
+    try:
+        yield request.param
+    finally:
+        child_transport["now"] = "grpc"
 
 
 @pytest.fixture

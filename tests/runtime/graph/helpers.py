@@ -42,12 +42,28 @@ def add_affine_models(repo: Path) -> None:
         add_model(repo, name, affine_config(scale, offset), AFFINE)
 
 
-def child(name: str, server: Server | None = None, *, model: str = "", address: str = "") -> dict[str, Any]:
-    """A ChildEndpoint: the model ``model`` (default: ``name``) on ``server`` (or ``address``)."""
+CHILD_TRANSPORTS = ("grpc", "http")
+"""How a node calls a child server: ``grpc`` (its gRPC endpoint only) or ``http`` (its HTTP
+endpoint given too, which a node uses for inference); ``child_transport`` picks one."""
+
+child_transport = {"now": "grpc"}
+
+
+def child(
+    name: str, server: Server | None = None, *, model: str = "", address: str = "", http: str = ""
+) -> dict[str, Any]:
+    """A ChildEndpoint: the model ``model`` (default: ``name``) on ``server`` (or ``address``,
+    and ``http`` for an HTTP endpoint). A server's HTTP endpoint is given when the test runs
+    with the ``http`` child transport."""
     if server is not None:
         assert server.ports is not None
         address = grpc_url(server.ports)
-    return {"name": name, "model": model or name, "grpc": address}
+        if child_transport["now"] == "http":
+            http = http_url(server.ports)
+    endpoint = {"name": name, "model": model or name, "grpc": address}
+    if http:
+        endpoint["http"] = http
+    return endpoint
 
 
 def node_config(node: str, role: str, children: list[dict[str, Any]], **settings: Any) -> dict[str, Any]:

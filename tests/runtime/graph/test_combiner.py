@@ -24,6 +24,8 @@ from tests.runtime.graph.helpers import (
     rows,
 )
 
+pytestmark = pytest.mark.usefixtures("transport")
+
 ABC = ["model-a", "model-b", "model-c"]
 WEIGHTS = {"model-a": 1.0, "model-b": 2.0, "model-c": 5.0}
 

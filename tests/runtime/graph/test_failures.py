@@ -25,11 +25,13 @@ from tests.runtime.graph.helpers import (
     rows,
 )
 
+pytestmark = pytest.mark.usefixtures("transport")
 
-async def start_child(repo: Path, grpc_port: int = 0) -> Server:
+
+async def start_child(repo: Path, grpc_port: int = 0, http_port: int = 0) -> Server:
     server = Server(
         ServerSettings(
-            model_repository=str(repo), http_port=0, grpc_port=grpc_port, metrics_port=0,
+            model_repository=str(repo), http_port=http_port, grpc_port=grpc_port, metrics_port=0,
             repository_poll_secs=0, exit_timeout_secs=5,
         )  # fmt: skip
     )
@@ -42,7 +44,7 @@ async def test_a_stopped_child_gives_503_naming_it_and_readiness_follows_it(tmp_
     add_model(repo, "model-a", affine_config(), DOUBLES / "affine.py")
     server = await start_child(repo)
     assert server.ports is not None
-    port = server.ports.grpc
+    ports = server.ports
     config = node_config("ab", "router", [child("model-a", server)], strategy="Weighted")
     try:
         async with serve_node(config) as node, grpc_client(node) as grpc, http_client(node) as http:
@@ -63,7 +65,7 @@ async def test_a_stopped_child_gives_503_naming_it_and_readiness_follows_it(tmp_
             assert not await http.is_server_ready() and not await grpc.is_model_ready("ab")
             assert (await http.get_model_repository_index())[0]["reason"] == "children not ready: ['model-a']"
 
-            server = await start_child(repo, grpc_port=port)  # back, on the same address
+            server = await start_child(repo, grpc_port=ports.grpc, http_port=ports.http)  # back, same addresses
             await eventually(ab.is_ready, what="the node to see its child back")
             assert await http.is_server_ready()
             result = await grpc.infer("ab", [grpc_input(x)])

@@ -33,6 +33,8 @@ from tests.runtime.graph.helpers import (
     rows,
 )
 
+pytestmark = pytest.mark.usefixtures("transport")
+
 AB = ["model-a", "model-b"]
 
 

@@ -28,6 +28,8 @@ from tests.runtime.graph.helpers import (
     rows,
 )
 
+pytestmark = pytest.mark.usefixtures("transport")
+
 MEAN = np.array([1.0, 2.0, 3.0, 4.0])
 STD = np.array([0.5, 1.0, 2.0, 3.0])
 

@@ -1,17 +1,23 @@
-"""One child of a graph node, called over v2 gRPC with tritonclient's aio client.
+"""One child of a graph node, called over the v2 protocol.
 
 Any v2 server can be a child (servegraph, Triton, MLServer), so the node speaks to it only
-through the public protocol. One client (one HTTP/2 channel) per child for the node's
-lifetime, so calls reuse the connection. The caller's deadline travels as the gRPC deadline
-of every child call, less the time already spent: a child never works on an answer nobody
-waits for, and a node never waits past its caller. Failures come back as the child-naming
-errors of ``protocol.errors``, each child status as the node's matching status
-(``CHILD_STATUS``): 503 down, 503 busy with the child's retry hint, 504 out of time, 400
+through the public protocol. Inference goes over HTTP/1.1 with Triton's binary tensor
+extension when the child's ``http`` endpoint is known (the control plane always fills it
+in; servegraph and Triton serve it): tensors the node did not change are written straight
+from the caller's message, and a call costs a fraction of a grpc.aio one (``http_channel``).
+Otherwise, and for readiness, metadata and feedback, it goes over gRPC with tritonclient's
+aio client. Connections are kept for the node's lifetime, so calls reuse them. The caller's
+deadline travels with every child call (the gRPC deadline, or ``X-Request-Timeout-Ms``),
+less the time already spent: a child never works on an answer nobody waits for, and a node
+never waits past its caller. Failures come back as the child-naming errors of
+``protocol.errors``, each child status (an HTTP status read as the gRPC one it stands for)
+as the node's matching status (``CHILD_STATUS``): 503 down, 503 busy with the child's retry hint, 504 out of time, 400
 rejected, 413, 403, UNIMPLEMENTED, 500 failed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 import time
@@ -21,6 +27,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+import orjson
 import tritonclient.grpc as grpcclient
 from tritonclient.grpc.aio import InferenceServerClient
 from tritonclient.utils import (
@@ -30,7 +37,9 @@ from tritonclient.utils import (
 )
 
 from servegraph.runtime.graph.config import ChildEndpoint, TensorSignature
+from servegraph.runtime.graph.http_channel import HttpChannel, ProtocolViolation, Reply
 from servegraph.runtime.protocol import parameters as params
+from servegraph.runtime.protocol import rest_codec
 from servegraph.runtime.protocol.errors import (
     ChildBusy,
     ChildDeadlineExceeded,
@@ -40,6 +49,7 @@ from servegraph.runtime.protocol.errors import (
     ChildResourceExhausted,
     ChildUnavailable,
     ChildUnsupported,
+    InvalidInput,
     ServegraphError,
     UnknownRequestId,
     Unsupported,
@@ -80,6 +90,20 @@ _QUEUE_FULL = re.compile(r"queue\b.*\bis full|queue full|exceeds maximum queue s
 """Queue-full answers without a retry trailer: servegraph's message, Triton's."""
 
 _NOT_FORWARDED = frozenset(TRITON_RESERVED_REQUEST_PARAMS)
+
+HTTP_STATUS: dict[int, str] = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    413: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    501: "UNIMPLEMENTED",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+"""A child's HTTP error status as the gRPC status it stands for (``protocol.errors``' table
+read backwards), so both transports fail the same way through ``CHILD_STATUS``."""
 
 
 ChildErrorClass = Callable[..., ServegraphError]
@@ -170,6 +194,22 @@ def retry_hint(exc: BaseException) -> float | None:
     return None
 
 
+def http_retry_hint(headers: Mapping[str, str]) -> float | None:
+    """Seconds a busy child asked callers to wait: ``X-Retry-After-Ms`` (servegraph), else
+    ``Retry-After`` in seconds."""
+    for key, scale in (("x-retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        value = headers.get(key)
+        if value is None:
+            continue
+        try:
+            hint = float(value) / scale
+        except ValueError:
+            continue
+        if math.isfinite(hint) and hint >= 0:
+            return hint
+    return None
+
+
 def is_queue_full(message: str) -> bool:
     """Whether an UNAVAILABLE answer says the child's queue is full (servegraph, Triton)."""
     return _QUEUE_FULL.search(message) is not None
@@ -188,6 +228,9 @@ class ChildClient:
         self.name = endpoint.name
         self.node = node
         self._client: InferenceServerClient | None = None
+        self._http = HttpChannel(endpoint.http) if endpoint.http else None
+        version = f"/versions/{endpoint.version}" if endpoint.version else ""
+        self._infer_path = f"/v2/models/{endpoint.model}{version}/infer"
 
     @property
     def where(self) -> str:
@@ -221,6 +264,8 @@ class ChildClient:
     ) -> ChildAnswer:
         """Run the child's model on ``inputs``; every output comes back."""
         timeout = self._timeout(deadline)
+        if self._http is not None:
+            return await self._infer_http(self._http, inputs, datatypes, request_id, parameters, headers, timeout)
         try:
             tensors = []
             for name, array in inputs.items():
@@ -236,6 +281,57 @@ class ChildClient:
             return await self._call(tensors, request_id, parameters or {}, timeout, headers)
         except InferenceServerException as exc:
             raise self._error(exc, timeout) from None
+
+    async def _infer_http(
+        self,
+        channel: HttpChannel,
+        inputs: dict[str, np.ndarray],
+        datatypes: dict[str, str],
+        request_id: str,
+        parameters: dict[str, Any] | None,
+        headers: dict[str, str] | None,
+        timeout: float | None,
+    ) -> ChildAnswer:
+        """One infer over HTTP/1.1 with binary tensors; the deadline travels as
+        ``X-Request-Timeout-Ms`` and bounds the wait here too."""
+        parts, header_length = rest_codec.encode_request(inputs, datatypes, request_id, parameters)
+        sent = {rest_codec.HEADER_LENGTH: str(header_length), "Content-Type": "application/octet-stream"}
+        if headers:
+            sent.update(headers)
+        try:
+            if timeout is None:
+                reply = await channel.post(self._infer_path, sent, parts)
+            else:
+                sent[rest_codec.TIMEOUT_HEADER] = f"{timeout * 1000:.3f}"
+                async with asyncio.timeout(timeout):
+                    reply = await channel.post(self._infer_path, sent, parts)
+        except TimeoutError:
+            raise self._status_error("DEADLINE_EXCEEDED", "no answer", None, timeout) from None
+        except OSError as exc:  # refused, reset, closed mid-answer: the child is not there
+            raise ChildUnavailable(f"{self.where} is unavailable: {exc or type(exc).__name__}", child=self.name) from None
+        except ProtocolViolation as exc:
+            raise ChildFailed(f"{self.where} sent an answer that is not HTTP/1.1: {exc}", child=self.name) from None
+        if reply.status != 200:
+            raise self._http_error(reply, timeout)
+        length = reply.headers.get(rest_codec.HEADER_LENGTH.lower())
+        try:
+            outputs, types, answer_parameters, answer_id = rest_codec.decode_response(
+                reply.body, int(length) if length is not None and length.isdigit() else None, self.where
+            )
+        except InvalidInput as exc:
+            raise ChildFailed(exc.message, child=self.name) from None
+        return ChildAnswer(outputs, types, answer_parameters, answer_id)
+
+    def _http_error(self, reply: Reply, timeout: float | None) -> ServegraphError:
+        """A child's HTTP error answer (``{"error": message}``) as this node's matching error."""
+        try:
+            message = str(orjson.loads(reply.body)["error"])
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            message = reply.body[:200].decode("utf-8", errors="replace") or f"HTTP {reply.status}"
+        hint = http_retry_hint(reply.headers)
+        if reply.status == 429:  # too many requests: busy, never down
+            return self._status_error("UNAVAILABLE", message, DEFAULT_RETRY_AFTER if hint is None else hint, timeout)
+        return self._status_error(HTTP_STATUS.get(reply.status, f"HTTP {reply.status}"), message, hint, timeout)
 
     async def feedback(self, request_id: str, reward: float, deadline: float | None = None) -> ChildAnswer:
         """Pass a reward on to a child that is itself a node (a nested router).
@@ -291,17 +387,19 @@ class ChildClient:
         return ChildAnswer(outputs, datatypes, parameters_to_dict(response.parameters), response.id)
 
     def _error(self, exc: InferenceServerException, timeout: float | None) -> ServegraphError:
-        """The child's gRPC status as this node's matching error, naming the child (R11: a hard
-        dependency's status passes on)."""
+        """The child's gRPC status as this node's matching error."""
         status = (exc.status() or "").removeprefix("StatusCode.")
-        message = exc.message() or str(exc)
+        return self._status_error(status, exc.message() or str(exc), retry_hint(exc), timeout)
+
+    def _status_error(self, status: str, message: str, hint: float | None, timeout: float | None) -> ServegraphError:
+        """A child's status (a gRPC status name) as this node's matching error, naming the
+        child (R11: a hard dependency's status passes on)."""
         if status == "DEADLINE_EXCEEDED":
             budget = "" if timeout is None else f" ({timeout * 1000:.0f} ms were left)"
             return ChildDeadlineExceeded(
                 f"{self.where} did not answer within the deadline{budget}: {message}", child=self.name
             )
         if status == "UNAVAILABLE":
-            hint = retry_hint(exc)
             if hint is not None or is_queue_full(message):
                 # Backpressure, not death: the child answered, so it is up.
                 return ChildBusy(
@@ -346,6 +444,8 @@ class ChildClient:
         return tensors("inputs"), tensors("outputs")
 
     async def close(self) -> None:
+        if self._http is not None:
+            self._http.close()
         if self._client is not None:
             client, self._client = self._client, None
             await client.close()

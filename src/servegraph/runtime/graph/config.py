@@ -32,7 +32,11 @@ class ChildEndpoint(_Strict):
     model: str = Field(description="The v2 model name to call on the child.")
     version: str = ""
     grpc: str = Field(description="host:port of the child's gRPC endpoint.")
-    http: str = Field("", description="host:port of the child's HTTP endpoint.")
+    http: str = Field(
+        "",
+        description="host:port of the child's HTTP endpoint: when set, inference calls go there"
+        " (HTTP/1.1, binary tensors: servegraph, Triton), else to the gRPC endpoint.",
+    )
 
 
 class RouterSettings(_Strict):

@@ -131,9 +131,11 @@ class GraphNode(ABC):
         self.clients = {c.name: ChildClient(c, self.node) for c in config.children}
         self._child_ready = dict.fromkeys(self.children, False)
         self._counts = {c: ChildCounts() for c in self.children}
+        self.graph_metrics = GraphMetrics.for_registry(metrics.registry)
+        # Bound once: a labels() lookup per call costs more than the count itself.
+        self._child_successes = {c: self.graph_metrics.child_requests.labels(self.node, c, "success") for c in self.children}
         self._inputs: Signature | None = list(config.inputs) or None
         self._outputs: Signature | None = list(config.outputs) or None
-        self.graph_metrics = GraphMetrics.for_registry(metrics.registry)
         self._metrics = metrics.for_model(self.name, self.version)
         self.stats = NodeStats(self)
         self._inflight = 0
@@ -249,7 +251,7 @@ class GraphNode(ABC):
                 self._mark(child, False)
             raise
         self._counts[child].success += 1
-        self.graph_metrics.child_requests.labels(self.node, child, "success").inc()
+        self._child_successes[child].inc()
         self._mark(child, True)
         return answer
 

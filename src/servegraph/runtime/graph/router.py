@@ -76,6 +76,7 @@ class RouterNode(GraphNode):
             self.saver = DebouncedSaver(state, self.arms)
         for arm in self.children:
             self._publish(arm)
+        self._routed_counters = {arm: self.graph_metrics.router_requests.labels(self.node, arm) for arm in self.children}
 
     def signature_child(self) -> str:
         return self.strategy.primary if isinstance(self.strategy, Primary) else self.children[0]
@@ -90,7 +91,7 @@ class RouterNode(GraphNode):
         route = params.join_route(arm, answer.parameters.get(params.ROUTE))
         self.memory.remember(request_id, RouteRecord(arm, route))
         self.routed[arm] += 1
-        self.graph_metrics.router_requests.labels(self.node, arm).inc()
+        self._routed_counters[arm].inc()
         return self.response(
             request,
             answer.outputs,

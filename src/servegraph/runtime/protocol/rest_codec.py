@@ -27,6 +27,9 @@ from servegraph.runtime.protocol.types import InferRequest, InferResponse, Reque
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
+TIMEOUT_HEADER = "X-Request-Timeout-Ms"
+"""A caller's deadline over HTTP, in milliseconds from arrival."""
+
 
 def _expect(condition: bool, message: str) -> None:
     if not condition:
@@ -223,3 +226,91 @@ def encode_response(
     if not blobs:
         return encoded, None
     return b"".join([encoded, *blobs]), len(encoded)
+
+
+# ------------------------------------------------------------------ client side
+# A graph node calling a child over HTTP writes requests and reads responses: the mirror
+# image of the server's two functions above.
+
+
+def tensor_view(array: np.ndarray) -> bytes | memoryview:
+    """A tensor's bytes in the v2 binary layout, without a copy when already contiguous.
+
+    A node forwards the arrays it decoded (views on the caller's message) as they are.
+    """
+    if array.dtype.kind in ("O", "S", "U"):
+        return tensor_to_bytes(array)
+    return np.ascontiguousarray(array).reshape(-1).view(np.uint8).data
+
+
+def encode_request(
+    inputs: dict[str, np.ndarray],
+    datatypes: dict[str, str],
+    request_id: str = "",
+    parameters: dict[str, Any] | None = None,
+) -> tuple[list[bytes | memoryview], int]:
+    """An infer request with every input in binary and every output asked in binary.
+
+    Returns the body's parts (the JSON header first) and the header's length.
+    """
+    entries: list[dict[str, Any]] = []
+    blobs: list[bytes | memoryview] = []
+    for name, array in inputs.items():
+        blob = tensor_view(array)
+        entries.append({
+            "name": name,
+            "datatype": datatypes[name],
+            "shape": list(array.shape),
+            "parameters": {"binary_data_size": len(blob)},
+        })
+        blobs.append(blob)
+    header: dict[str, Any] = {"inputs": entries, "parameters": {**(parameters or {}), "binary_data_output": True}}
+    if request_id:
+        header["id"] = request_id
+    encoded = orjson.dumps(header)
+    return [encoded, *blobs], len(encoded)
+
+
+def decode_response(
+    body: bytes, header_length: int | None, where: str
+) -> tuple[dict[str, np.ndarray], dict[str, str], dict[str, Any], str]:
+    """An infer response body as (outputs, datatypes, parameters, id); binary outputs are
+    wrapped without a copy, JSON ones converted. A body that does not add up raises
+    InvalidInput naming ``where`` (the caller turns it into its own error)."""
+    if header_length is None:
+        header_bytes: bytes | memoryview = body
+        tail = memoryview(b"")
+    else:
+        _expect(0 <= header_length <= len(body), f"{where} sent {HEADER_LENGTH} {header_length} for a {len(body)}-byte body")
+        view = memoryview(body)
+        header_bytes, tail = view[:header_length], view[header_length:]
+    try:
+        header = orjson.loads(header_bytes)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"{where} sent malformed JSON: {exc}") from None
+    _expect(isinstance(header, dict), f"{where} sent a response that is not a JSON object")
+    outputs: dict[str, np.ndarray] = {}
+    datatypes: dict[str, str] = {}
+    offset = 0
+    for raw in header.get("outputs") or []:
+        _expect(isinstance(raw, dict), f"{where} sent an output that is not an object")
+        name, datatype, shape = raw.get("name"), raw.get("datatype"), raw.get("shape")
+        _expect(
+            isinstance(name, str) and isinstance(datatype, str) and isinstance(shape, list),
+            f"{where} sent an output without name, datatype and shape",
+        )
+        shape_t = tuple(shape)
+        size = (raw.get("parameters") or {}).get("binary_data_size")
+        label = f"output '{name}' of {where}"
+        if size is not None:
+            _expect(isinstance(size, int) and 0 <= size <= len(tail) - offset, f"{label} runs past the body")
+            outputs[name] = tensor_from_buffer(tail[offset : offset + size], datatype, shape_t, name, where)
+            offset += size
+        else:
+            _expect("data" in raw, f"{label} has neither data nor binary_data_size")
+            outputs[name] = _json_tensor(label, datatype, shape_t, raw["data"])
+        datatypes[name] = datatype
+    parameters = header.get("parameters") or {}
+    _expect(isinstance(parameters, dict), f"{where} sent parameters that are not an object")
+    request_id = header.get("id", "")
+    return outputs, datatypes, parameters, request_id if isinstance(request_id, str) else ""

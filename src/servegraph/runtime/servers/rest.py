@@ -33,8 +33,7 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-TIMEOUT_HEADER = "X-Request-Timeout-Ms"
-"""A caller's deadline over HTTP, in milliseconds from arrival."""
+TIMEOUT_HEADER = rest_codec.TIMEOUT_HEADER
 
 
 def _json(data: object, status: int = 200) -> web.Response:
