@@ -107,6 +107,13 @@ def prepare_servegraph(workdir: Path, ports: Ports) -> Launch:
     return _servegraph_cmd(repo, ports)
 
 
+def prepare_servegraph_aiohttp(workdir: Path, ports: Ports) -> Launch:
+    """examples/models/mlp as it is, its REST API on aiohttp instead of uvicorn."""
+    launch = prepare_servegraph(workdir, ports)
+    launch.cmd += ["--http-server", "aiohttp"]
+    return launch
+
+
 def prepare_servegraph_nobatch(workdir: Path, ports: Ports) -> Launch:
     """examples/models/mlp with the dynamic_batching block removed."""
     repo = workdir / "repo"
@@ -282,6 +289,8 @@ TARGETS: dict[str, Target] = {
     for t in (
         Target("servegraph", "servegraph, dynamic batching", prepare_servegraph),
         Target("servegraph-nobatch", "servegraph, no batching", prepare_servegraph_nobatch),
+        Target("servegraph-aiohttp", "servegraph, dynamic batching, REST on aiohttp", prepare_servegraph_aiohttp,
+               protocols=("http", "json"), unsupported={"grpc": "the same gRPC server as servegraph"}),
         _OnnxTarget("servegraph-onnx", "servegraph, onnxruntime backend, batching", prepare_servegraph_onnx),
         Target("servegraph-triton-repo", "servegraph on Triton's repository: config.pbtxt + TritonPythonModel",
                prepare_servegraph_on_triton_repo),

@@ -272,10 +272,11 @@ class ServerSettings(BaseModel):
     )
     exit_timeout_secs: float = Field(30.0, ge=0, description="Longest SIGTERM drain.")
     http_server: HttpServer = Field(
-        "aiohttp",
+        "uvicorn",
         description=(
-            "The HTTP server under the v2 REST API: 'aiohttp', or 'uvicorn' (httptools on the"
-            " server's own event loop, about half aiohttp's CPU per request). Both answer alike."
+            "The HTTP server under the v2 REST API: 'uvicorn' (httptools on the server's own"
+            " event loop; less CPU per request) or 'aiohttp'. Both answer alike, error pages"
+            " included; the metrics port is aiohttp's either way."
         ),
     )
     exit_on_error: bool = Field(

@@ -26,7 +26,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from servegraph.runtime.dataplane import DataPlane
-from servegraph.runtime.protocol.errors import ServegraphError
+from servegraph.runtime.protocol.errors import ServegraphError, ShuttingDown
 from servegraph.runtime.servers import rest_api
 from servegraph.runtime.servers.rest_api import Reply
 
@@ -146,6 +146,9 @@ class RestApp:
             reply = rest_api.error_reply(exc)
         except rest_api.RouteMiss as miss:
             reply = miss.reply(method, scope["path"])
+        except asyncio.CancelledError:
+            # Only close() cancels (past its grace): a JSON 503, not uvicorn's logged text 500.
+            reply = rest_api.error_reply(ShuttingDown("the server shut down before the request finished"))
         except Exception as exc:
             log.exception("unexpected error in %s %s", method, scope["path"])
             reply = rest_api.error_reply(ServegraphError(f"internal server error: {type(exc).__name__}: {exc}"))
