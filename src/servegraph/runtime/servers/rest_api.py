@@ -250,7 +250,11 @@ class Router:
     segment by segment (a ``{name}`` is one non-empty segment without braces, percent-decoded
     after splitting, so ``%2F`` stays inside it), the first path whose method fits."""
 
+    CACHE_SIZE = 4096
+    """Paths remembered once matched (a server sees few): a hit is one dict lookup."""
+
     def __init__(self, routes: list[tuple[str, str, Endpoint]]) -> None:
+        self._found: dict[tuple[str, str], tuple[Endpoint, dict[str, str]]] = {}
         self._by_length: dict[int, list[tuple[tuple[str | None, ...], tuple[str, ...], str, Endpoint]]] = {}
         for method, pattern, endpoint in routes:
             parts = pattern.split("/")
@@ -258,8 +262,18 @@ class Router:
             names = tuple(p[1:-1] for p in parts if p.startswith("{"))
             self._by_length.setdefault(len(parts), []).append((segments, names, method, endpoint))
 
-    def resolve(self, method: str, raw_path: str) -> tuple[Endpoint, dict[str, str]]:
-        """The endpoint and its path parameters; ``RouteMiss`` when none fits."""
+    def resolve(self, method: str, raw_path: str) -> tuple[Endpoint, Mapping[str, str]]:
+        """The endpoint and its path parameters (shared: read them, never change them);
+        ``RouteMiss`` when none fits."""
+        found = self._found.get((method, raw_path))
+        if found is None:
+            found = self._match(method, raw_path)
+            if len(self._found) >= self.CACHE_SIZE:
+                self._found.clear()
+            self._found[method, raw_path] = found
+        return found
+
+    def _match(self, method: str, raw_path: str) -> tuple[Endpoint, dict[str, str]]:
         parts = raw_path.split("/")
         allowed: list[str] = []
         for segments, names, route_method, endpoint in self._by_length.get(len(parts), ()):
