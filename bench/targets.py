@@ -11,7 +11,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
@@ -110,8 +110,7 @@ def prepare_servegraph(workdir: Path, ports: Ports) -> Launch:
 def prepare_servegraph_aiohttp(workdir: Path, ports: Ports) -> Launch:
     """examples/models/mlp as it is, its REST API on aiohttp instead of uvicorn."""
     launch = prepare_servegraph(workdir, ports)
-    launch.cmd += ["--http-server", "aiohttp"]
-    return launch
+    return replace(launch, cmd=[*launch.cmd, "--http-server", "aiohttp"])
 
 
 def prepare_servegraph_nobatch(workdir: Path, ports: Ports) -> Launch:
