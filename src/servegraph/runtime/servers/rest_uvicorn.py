@@ -84,10 +84,9 @@ def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
 class _Call:
     """One ASGI HTTP request as ``rest_api.RestCall``."""
 
-    __slots__ = ("_scope", "_receive", "_limit", "params", "headers", "unread")
+    __slots__ = ("_receive", "_limit", "params", "headers", "unread")
 
     def __init__(self, scope: Scope, receive: Receive, limit: int) -> None:
-        self._scope = scope
         self._receive = receive
         self._limit = limit
         self.params: Mapping[str, str] = {}
