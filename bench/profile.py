@@ -20,7 +20,7 @@ throughput does. Prints one table of server CPU µs per request by bucket and pr
     python bench/profile.py --no-spy                 # only the /proc totals (no py-spy)
     python bench/profile.py --keep                   # keep the raw py-spy stacks (bench/results/)
 
-Buckets: ``transport`` (the event loop, aiohttp's HTTP parsing, grpc's Cython server and
+Buckets: ``transport`` (the event loop, aiohttp's or uvicorn's HTTP parsing, grpc's Cython server and
 its protobuf (de)serialisation, which py-spy cannot see into), ``decode`` (wire format to
 numpy), ``validation`` (request against the model's signature), ``queueing`` (batcher: queue,
 plan, wake-ups, futures), ``merge``, ``model`` (the executor thread), ``split``, ``encode``
@@ -72,7 +72,7 @@ RULES: list[tuple[str, str, frozenset[str] | None]] = [
     ("decode", "protocol/datatypes.py", frozenset({"tensor_from_buffer", "deserialize_bytes", "element_count",
                                                   "numpy_dtype", "describe_input"})),
     ("decode", "servers/grpc.py", frozenset({"_metadata", "_deadline"})),
-    ("decode", "servers/rest.py", frozenset({"_integer_header", "_timeout_header", "_version"})),
+    ("decode", "servers/rest_api.py", frozenset({"integer_header", "timeout_header"})),
     ("encode", "protocol/grpc_codec.py", frozenset({"encode_response", "fill_parameters", "encode_raw_response"})),
     ("encode", "protocol/rest_codec.py", frozenset({"encode_response", "_json_data"})),
     ("encode", "protocol/datatypes.py", frozenset({"tensor_to_bytes", "serialize_bytes"})),
@@ -84,10 +84,16 @@ RULES: list[tuple[str, str, frozenset[str] | None]] = [
     ("answer", "aiohttp/http_writer.py", None),
     ("answer", "aiohttp/web_protocol.py", frozenset({"finish_response"})),
     ("transport", "aiohttp/", None),
+    ("answer", "uvicorn/protocols/http/httptools_impl.py", frozenset({"send"})),
+    ("transport", "uvicorn/", None),
+    ("transport", "httptools/", None),
     ("answer", "runtime/model.py", None),
     ("answer", "runtime/dataplane.py", None),
     ("answer", "servers/grpc.py", None),
     ("answer", "servers/rest.py", None),
+    ("answer", "servers/rest_api.py", None),
+    ("transport", "servers/rest_uvicorn.py", frozenset({"body", "_decompress", "__init__"})),
+    ("answer", "servers/rest_uvicorn.py", None),
     ("transport", "asyncio/", None),
     ("transport", "uvloop/", None),
     ("transport", "grpc/", None),
@@ -276,6 +282,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--src", type=Path, default=ROOT / "src",
                    help="the servegraph source tree to serve (A/B: a copy of another commit's src/)")
     p.add_argument("--config", type=Path, default=None, help="a config.yaml to use instead of the example's")
+    p.add_argument("--http-server", default=None, help="serve's --http-server (aiohttp, uvicorn); default: serve's")
     args = p.parse_args(argv)
     args.protocols = [x for x in args.protocols.split(",") if x]
     args.py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
@@ -295,7 +302,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.copy(args.config, workdir / "repo" / "mlp" / "config.yaml")
         # This checkout's code, not whatever servegraph the interpreter has installed.
         env = {**launch.env, "PYTHONPATH": str(args.src.resolve())}
-        server = procs.start_server("servegraph", launch.cmd, workdir / "server.log", env=env)
+        cmd = launch.cmd + (["--http-server", args.http_server] if args.http_server else [])
+        server = procs.start_server("servegraph", cmd, workdir / "server.log", env=env)
         try:
             procs.wait_ready(server, ports.http, 120.0)
             log(f"server log: {workdir / 'server.log'}")

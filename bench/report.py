@@ -13,6 +13,7 @@ RATIO_PAIRS = (
     ("servegraph", "mlserver"),
     ("servegraph", "fastapi"),
     ("servegraph", "servegraph-nobatch"),
+    ("servegraph", "servegraph-aiohttp"),
     ("servegraph-onnx", "servegraph"),
     ("servegraph-onnx", "triton"),
     ("servegraph-triton-repo", "triton"),

@@ -11,7 +11,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
@@ -105,6 +105,12 @@ def prepare_servegraph(workdir: Path, ports: Ports) -> Launch:
     repo = workdir / "repo"
     shutil.copytree(MLP_EXAMPLE, repo / "mlp")
     return _servegraph_cmd(repo, ports)
+
+
+def prepare_servegraph_aiohttp(workdir: Path, ports: Ports) -> Launch:
+    """examples/models/mlp as it is, its REST API on aiohttp instead of uvicorn."""
+    launch = prepare_servegraph(workdir, ports)
+    return replace(launch, cmd=[*launch.cmd, "--http-server", "aiohttp"])
 
 
 def prepare_servegraph_nobatch(workdir: Path, ports: Ports) -> Launch:
@@ -282,6 +288,8 @@ TARGETS: dict[str, Target] = {
     for t in (
         Target("servegraph", "servegraph, dynamic batching", prepare_servegraph),
         Target("servegraph-nobatch", "servegraph, no batching", prepare_servegraph_nobatch),
+        Target("servegraph-aiohttp", "servegraph, dynamic batching, REST on aiohttp", prepare_servegraph_aiohttp,
+               protocols=("http", "json"), unsupported={"grpc": "the same gRPC server as servegraph"}),
         _OnnxTarget("servegraph-onnx", "servegraph, onnxruntime backend, batching", prepare_servegraph_onnx),
         Target("servegraph-triton-repo", "servegraph on Triton's repository: config.pbtxt + TritonPythonModel",
                prepare_servegraph_on_triton_repo),

@@ -220,6 +220,32 @@ def example_server() -> Iterator[ServerProcess]:
         server.stop()
 
 
+HTTP_SERVERS = ("aiohttp", "uvicorn")
+"""Every REST transport (``--http-server``): the HTTP suites run against each."""
+
+DEFAULT_HTTP_SERVER: str = ServerSettings.model_fields["http_server"].default
+
+
+@pytest.fixture(params=HTTP_SERVERS)
+def http_server(request: pytest.FixtureRequest) -> str:
+    """Each REST transport in turn, for in-process servers: ``serve(repo, http_server=...)``."""
+    return str(request.param)
+
+
+@pytest.fixture(scope="session", params=HTTP_SERVERS)
+def example_http_server(request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
+    """The examples/ repository served with each REST transport in turn (the default one is
+    ``example_server`` itself)."""
+    if request.param == DEFAULT_HTTP_SERVER:
+        yield request.getfixturevalue("example_server")
+        return
+    server = ServerProcess(EXAMPLES, "--repository-poll-secs", "0", "--http-server", request.param).wait_ready()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
     path = tmp_path / "models"

@@ -2,7 +2,8 @@
 invisible, queues are bounded, deadlines are honoured, and the batcher survives abuse.
 
 Determinism comes from a gated model double (tests/doubles/gated.py): while it blocks,
-requests pile up in the queue, and the test decides when the batch completes.
+requests pile up in the queue, and the test decides when the batch completes. The tests
+that go through HTTP run on each REST transport (``--http-server``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import tritonclient.grpc.aio as grpcaio
 import tritonclient.http.aio as httpaio
 from tritonclient.utils import InferenceServerException
 
+from servegraph.runtime.config import HttpServer
 from tests.conftest import DOUBLES, Gate, add_model, eventually, fp32_model_config, grpc_url, http_url, serve
 
 
@@ -68,7 +70,7 @@ async def test_batches_form_while_the_model_is_busy(repo: Path, tmp_path: Path) 
             await client.close()
 
 
-async def test_batched_results_equal_unbatched(repo: Path) -> None:
+async def test_batched_results_equal_unbatched(repo: Path, http_server: HttpServer) -> None:
     """Many concurrent requests of 1-3 rows: each gets exactly its own rows back."""
     add_model(repo, "add_sub", {
         "backend": "python",
@@ -80,7 +82,7 @@ async def test_batched_results_equal_unbatched(repo: Path) -> None:
         "dynamic_batching": {"max_queue_delay_microseconds": 2000, "scheduler": "fixed_delay"},
     }, Path(__file__).resolve().parents[2] / "examples/models/add_sub/1/model.py")  # fmt: skip
     rng = np.random.default_rng(7)
-    async with serve(repo) as server:
+    async with serve(repo, http_server=http_server) as server:
         client = httpaio.InferenceServerClient(http_url(server.ports))
         try:
             pairs = [
@@ -132,9 +134,9 @@ async def test_padding_never_reaches_the_caller(repo: Path) -> None:
             await client.close()
 
 
-async def test_full_queue_rejects_exactly_the_overflow(repo: Path, tmp_path: Path) -> None:
+async def test_full_queue_rejects_exactly_the_overflow(repo: Path, tmp_path: Path, http_server: HttpServer) -> None:
     gate = gated_repo(repo, tmp_path, max_batch_size=1, max_queue_size=4)
-    async with serve(repo) as server:
+    async with serve(repo, http_server=http_server) as server:
         url = f"http://{http_url(server.ports)}/v2/models/gated/infer"
         body = {"inputs": [{"name": "INPUT", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}
         batcher = server.repository.get("gated").batcher
@@ -183,9 +185,9 @@ async def test_grpc_queue_full_is_unavailable(repo: Path, tmp_path: Path) -> Non
             await client.close()
 
 
-async def test_expired_requests_are_never_run(repo: Path, tmp_path: Path) -> None:
+async def test_expired_requests_are_never_run(repo: Path, tmp_path: Path, http_server: HttpServer) -> None:
     gate = gated_repo(repo, tmp_path, max_batch_size=1)
-    async with serve(repo) as server:
+    async with serve(repo, http_server=http_server) as server:
         base = f"http://{http_url(server.ports)}/v2/models/gated/infer"
         batcher = server.repository.get("gated").batcher
         assert batcher is not None
@@ -219,11 +221,11 @@ async def test_expired_requests_are_never_run(repo: Path, tmp_path: Path) -> Non
         assert stats["inference_stats"]["fail"]["count"] == 3
 
 
-async def test_queue_policy_default_timeout(repo: Path, tmp_path: Path) -> None:
+async def test_queue_policy_default_timeout(repo: Path, tmp_path: Path, http_server: HttpServer) -> None:
     gate = gated_repo(
         repo, tmp_path, max_batch_size=1, default_queue_policy={"default_timeout_microseconds": 20_000}
     )
-    async with serve(repo) as server:
+    async with serve(repo, http_server=http_server) as server:
         client = httpaio.InferenceServerClient(http_url(server.ports))
         try:
             x = np.ones((1, 4), np.float32)

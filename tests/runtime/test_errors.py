@@ -11,7 +11,7 @@ overflowing dims); gRPC raw and typed contents; body limits (413 before parsing,
 RESOURCE_EXHAUSTED); a model that raises or returns the wrong row count, alone, inside a
 batch, and on a stream; JSON ``{"error": str}`` on every HTTP error route; ERROR_TABLE
 through the real REST app and gRPC servicer, and live on a real server for every class
-one can reach.
+one can reach. Every HTTP case runs on each REST transport (``--http-server``).
 
 Left out: ``Unsupported`` live (nothing raises it yet; its mapping is still checked);
 randomised requests (test_fuzz.py); queueing and deadlines beyond one live case each
@@ -21,6 +21,7 @@ randomised requests (test_fuzz.py); queueing and deadlines beyond one live case 
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -35,12 +36,12 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
 import tritonclient.http as httpclient
 import tritonclient.http.aio as httpaio
-from aiohttp import web
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 from tritonclient.utils import InferenceServerException, triton_to_np_dtype
 
 import grpc
+from servegraph.runtime.config import HttpServer
 from servegraph.runtime.dataplane import DataPlane
 from servegraph.runtime.protocol.errors import (
     ERROR_TABLE,
@@ -60,7 +61,8 @@ from servegraph.runtime.protocol.rest_codec import HEADER_LENGTH
 from servegraph.runtime.protocol.types import InferRequest, InferResponse
 from servegraph.runtime.server import Ports
 from servegraph.runtime.servers import grpc as grpc_transport
-from servegraph.runtime.servers import rest
+from servegraph.runtime.servers import rest_api
+from servegraph.runtime.servers.rest_listeners import open_rest
 from tests.conftest import (
     ADD_SUB_ONES,
     DOUBLES,
@@ -304,13 +306,13 @@ HTTP_CASES: dict[str, HttpCase] = {
 
 
 @pytest.mark.parametrize("case", HTTP_CASES.values(), ids=HTTP_CASES.keys())
-def test_http_rejects_bad_requests(example_server: ServerProcess, case: HttpCase) -> None:
-    reply = http_request(example_server.http_url, "POST", case.path, case.body, case.headers)
+def test_http_rejects_bad_requests(example_http_server: ServerProcess, case: HttpCase) -> None:
+    reply = http_request(example_http_server.http_url, "POST", case.path, case.body, case.headers)
     assert reply.status == case.status, reply
     message = reply.error()
     for expected in case.messages:
         assert expected in message
-    assert_still_serves(example_server)
+    assert_still_serves(example_http_server)
 
 
 @pytest.mark.parametrize(
@@ -328,13 +330,13 @@ def test_http_rejects_bad_requests(example_server: ServerProcess, case: HttpCase
     ids=["metadata", "ready", "config", "stats", "index", "model_control", "no_route", "wrong_method"],
 )
 def test_every_http_error_is_a_json_error_object(
-    example_server: ServerProcess, method: str, path: str, body: bytes, status: int, message: str
+    example_http_server: ServerProcess, method: str, path: str, body: bytes, status: int, message: str
 ) -> None:
     """Not only inference: aiohttp's own 404 and 405 are ``{"error": str}`` too (R10)."""
-    reply = http_request(example_server.http_url, method, path, body)
+    reply = http_request(example_http_server.http_url, method, path, body)
     assert reply.status == status, reply
     assert message in reply.error()
-    assert_still_serves(example_server)
+    assert_still_serves(example_http_server)
 
 
 # ----------------------------------------------------------------- gRPC, raw stub
@@ -550,10 +552,10 @@ def client_inputs(module: ModuleType, specs: tuple[tuple[str, str, tuple[int, ..
 
 @pytest.mark.parametrize("transport", ["http", "grpc"])
 @pytest.mark.parametrize("case", CLIENT_CASES.values(), ids=CLIENT_CASES.keys())
-def test_tritonclient_sees_the_error(example_server: ServerProcess, transport: str, case: ClientCase) -> None:
+def test_tritonclient_sees_the_error(example_http_server: ServerProcess, transport: str, case: ClientCase) -> None:
     """What a Triton user sees: the status and message through tritonclient's exception."""
     module: ModuleType = httpclient if transport == "http" else grpcclient
-    url = example_server.http_url if transport == "http" else example_server.grpc_url
+    url = example_http_server.http_url if transport == "http" else example_http_server.grpc_url
     client = module.InferenceServerClient(url)
     try:
         outputs = [module.InferRequestedOutput(name) for name in case.outputs] or None
@@ -569,7 +571,7 @@ def test_tritonclient_sees_the_error(example_server: ServerProcess, transport: s
     }[transport, case.not_found]
     assert info.value.status() == expected
     assert case.message in info.value.message()
-    assert_still_serves(example_server)
+    assert_still_serves(example_http_server)
 
 
 # ------------------------------------------------------------ the error table itself
@@ -637,21 +639,19 @@ class without a row, or a row the transports ignore, fails below."""
 
 
 @pytest.mark.parametrize("cls", EVERY_ERROR_CLASS, ids=lambda cls: cls.__name__)
-async def test_rest_and_grpc_answer_with_the_table(cls: type[ServegraphError]) -> None:
-    """Each class through the real REST app and gRPC servicer answers its documented pair."""
+async def test_rest_and_grpc_answer_with_the_table(cls: type[ServegraphError], http_server: HttpServer) -> None:
+    """Each class through the real REST app (on each HTTP server) and gRPC servicer answers
+    its documented pair."""
     assert cls in ERROR_TABLE, f"{cls.__name__} has no row in ERROR_TABLE"
     http_status, grpc_code = DOCUMENTED_TABLE[_documented_base(cls)]
     error = _sample(cls)
-    response = rest.error_response(error)
-    assert response.status == http_status
-    assert response.body is not None and orjson.loads(cast(bytes, response.body)) == {"error": error.message}
+    reply = rest_api.error_reply(error)
+    assert reply.status == http_status
+    assert orjson.loads(reply.body) == {"error": error.message}
 
     dataplane = RaisingDataPlane(error)
-    runner = web.AppRunner(rest.create_app(cast(DataPlane, dataplane)))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    http_port = runner.addresses[0][1]
+    listener = await open_rest(http_server, cast(DataPlane, dataplane), "127.0.0.1", 0)
+    http_port = listener.port
     grpc_server, grpc_port = grpc_transport.create_server(cast(DataPlane, dataplane), "127.0.0.1:0")
     await grpc_server.start()
     infer_url = f"http://127.0.0.1:{http_port}/v2/models/m/infer"
@@ -678,7 +678,7 @@ async def test_rest_and_grpc_answer_with_the_table(cls: type[ServegraphError]) -
             assert (await stub.ModelInfer(request, timeout=30)).model_name == "m"
     finally:
         await grpc_server.stop(grace=1.0)  # as Server.stop does; nothing is in flight by now
-        await runner.cleanup()
+        await listener.close()
 
 
 # ------------------------------------------------- in-process servers: live classes
@@ -800,8 +800,8 @@ async def _outcome(call: Callable[[], Any]) -> Any:
 
 
 @pytest.mark.parametrize("transport", ["http", "grpc"])
-async def test_model_exception_is_500_with_the_models_message(repo: Path, transport: str) -> None:
-    async with serve(faulty_repo(repo)) as server:
+async def test_model_exception_is_500_with_the_models_message(repo: Path, transport: str, http_server: HttpServer) -> None:
+    async with serve(faulty_repo(repo), http_server=http_server) as server:
         clients = Clients(server.ports)
         try:
             client, module = clients.pick(transport)
@@ -815,8 +815,8 @@ async def test_model_exception_is_500_with_the_models_message(repo: Path, transp
 
 
 @pytest.mark.parametrize("transport", ["http", "grpc"])
-async def test_wrong_row_count_is_500_naming_the_output(repo: Path, transport: str) -> None:
-    async with serve(faulty_repo(repo)) as server:
+async def test_wrong_row_count_is_500_naming_the_output(repo: Path, transport: str, http_server: HttpServer) -> None:
+    async with serve(faulty_repo(repo), http_server=http_server) as server:
         clients = Clients(server.ports)
         try:
             client, module = clients.pick(transport)
@@ -857,13 +857,13 @@ async def test_stream_reports_the_model_error_and_goes_on(repo: Path) -> None:
         await assert_still_serves_async(server.ports)
 
 
-async def test_poison_requests_fail_alone_in_a_batch(repo: Path, tmp_path: Path) -> None:
+async def test_poison_requests_fail_alone_in_a_batch(repo: Path, tmp_path: Path, http_server: HttpServer) -> None:
     """A batch holding a raising and a wrong-row-count request is retried request by request:
     those two get 500 with their own message, every valid neighbour gets its answer (R4, R5)."""
     gate = gated_repo(repo, tmp_path)
     values = [1.0, -1.0, 2.0, 999.0, 3.0, 4.0]
     transports = ["http", "grpc"] * 3
-    async with serve(repo) as server:
+    async with serve(repo, http_server=http_server) as server:
         batcher = server.repository.get("gated").batcher
         assert batcher is not None
         clients = Clients(server.ports)
@@ -898,8 +898,8 @@ async def test_poison_requests_fail_alone_in_a_batch(repo: Path, tmp_path: Path)
         await assert_still_serves_async(server.ports)
 
 
-async def test_body_over_the_limit_is_413_before_parsing(repo: Path) -> None:
-    async with serve(faulty_repo(repo), max_request_bytes=4096) as server:
+async def test_body_over_the_limit_is_413_before_parsing(repo: Path, http_server: HttpServer) -> None:
+    async with serve(faulty_repo(repo), max_request_bytes=4096, http_server=http_server) as server:
         url = f"http://{http_url(server.ports)}/v2/models/faulty/infer"
         async with aiohttp.ClientSession() as session:
             # Not even JSON: a 413 rather than a 400 shows the size is checked before parsing.
@@ -913,6 +913,11 @@ async def test_body_over_the_limit_is_413_before_parsing(repo: Path) -> None:
 
             # Chunked, so no Content-Length to check up front: the limit applies while reading.
             async with session.post(url, data=chunks()) as reply:
+                assert reply.status == 413
+                assert "over the 4096-byte limit" in (await reply.json())["error"]
+            # Small on the wire, over the limit once decoded: the limit holds for what is read.
+            bomb = gzip.compress(b"{" * 5000)
+            async with session.post(url, data=bomb, headers={"Content-Encoding": "gzip"}) as reply:
                 assert reply.status == 413
                 assert "over the 4096-byte limit" in (await reply.json())["error"]
             # At the limit exactly, the body is read and parsed (and is malformed): 400, not 413.
@@ -934,9 +939,9 @@ async def test_grpc_message_over_the_limit_is_resource_exhausted(repo: Path) -> 
         await assert_still_serves_async(server.ports)
 
 
-async def test_model_not_ready_is_503_live(repo: Path) -> None:
+async def test_model_not_ready_is_503_live(repo: Path, http_server: HttpServer) -> None:
     add_model(faulty_repo(repo), "broken", fp32_model_config(), DOUBLES / "broken.py")
-    async with serve(repo) as server:
+    async with serve(repo, http_server=http_server) as server:
         clients = Clients(server.ports)
         try:
             for transport in ("http", "grpc"):
@@ -948,9 +953,9 @@ async def test_model_not_ready_is_503_live(repo: Path) -> None:
         await assert_still_serves_async(server.ports)
 
 
-async def test_queue_full_is_503_live(repo: Path, tmp_path: Path) -> None:
+async def test_queue_full_is_503_live(repo: Path, tmp_path: Path, http_server: HttpServer) -> None:
     gate = gated_repo(repo, tmp_path, max_queue_size=1)
-    async with serve(repo) as server:
+    async with serve(repo, http_server=http_server) as server:
         batcher = server.repository.get("gated").batcher
         assert batcher is not None
         clients = Clients(server.ports)
@@ -971,10 +976,10 @@ async def test_queue_full_is_503_live(repo: Path, tmp_path: Path) -> None:
         await assert_still_serves_async(server.ports)
 
 
-async def test_deadline_in_the_queue_is_504_live(repo: Path, tmp_path: Path) -> None:
+async def test_deadline_in_the_queue_is_504_live(repo: Path, tmp_path: Path, http_server: HttpServer) -> None:
     """X-Request-Timeout-Ms over HTTP, the ``timeout`` parameter (µs) over gRPC; neither runs."""
     gate = gated_repo(repo, tmp_path)
-    async with serve(repo) as server:
+    async with serve(repo, http_server=http_server) as server:
         clients = Clients(server.ports)
         try:
             running = asyncio.ensure_future(_infer(clients.grpc, grpcaio, "gated", _rows(0)))
@@ -993,8 +998,8 @@ async def test_deadline_in_the_queue_is_504_live(repo: Path, tmp_path: Path) -> 
         await assert_still_serves_async(server.ports)
 
 
-async def test_shutting_down_is_503_live(repo: Path) -> None:
-    async with serve(faulty_repo(repo)) as server:
+async def test_shutting_down_is_503_live(repo: Path, http_server: HttpServer) -> None:
+    async with serve(faulty_repo(repo), http_server=http_server) as server:
         clients = Clients(server.ports)
         try:
             server.dataplane.draining = True  # what SIGTERM sets; test_shutdown.py covers the rest

@@ -251,7 +251,7 @@ def _check_http(server: ServerProcess, request: Request) -> int:
     return reply.status
 
 
-def test_http_fuzz_never_5xx(example_server: ServerProcess) -> None:
+def test_http_fuzz_never_5xx(example_http_server: ServerProcess) -> None:
     statuses: Counter[int] = Counter()
 
     @settings(
@@ -262,12 +262,12 @@ def test_http_fuzz_never_5xx(example_server: ServerProcess) -> None:
     )
     @given(request=mutated_requests() | schema_requests() | random_requests())
     def check(request: Request) -> None:
-        statuses[_check_http(example_server, request)] += 1
+        statuses[_check_http(example_http_server, request)] += 1
 
     check()
     # Not vacuous: some requests got through to a model, most were turned away.
     assert statuses[200] > 0 and statuses[400] > 0, statuses
-    assert_still_serves(example_server)
+    assert_still_serves(example_http_server)
 
 
 # ----------------------------------------------------------------------------- gRPC

@@ -1,4 +1,5 @@
-"""Every REST endpoint through tritonclient.http, JSON and binary tensors alike."""
+"""Every REST endpoint through tritonclient.http, JSON and binary tensors alike, on each REST
+transport (``--http-server``)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from tests.conftest import ServerProcess
 
 
 @pytest.fixture
-def client(example_server: ServerProcess) -> httpclient.InferenceServerClient:
-    return httpclient.InferenceServerClient(example_server.http_url)
+def client(example_http_server: ServerProcess) -> httpclient.InferenceServerClient:
+    return httpclient.InferenceServerClient(example_http_server.http_url)
 
 
 def _add_sub_inputs(x: np.ndarray, y: np.ndarray, binary: bool) -> list[httpclient.InferInput]:
@@ -139,9 +140,9 @@ def test_repository_index(client: httpclient.InferenceServerClient) -> None:
     assert {"name": "mlp", "version": "1", "state": "READY", "reason": ""} in index
 
 
-def test_model_control_is_disabled(example_server: ServerProcess) -> None:
+def test_model_control_is_disabled(example_http_server: ServerProcess) -> None:
     request = urllib.request.Request(
-        f"http://{example_server.http_url}/v2/repository/models/mlp/unload", method="POST", data=b""
+        f"http://{example_http_server.http_url}/v2/repository/models/mlp/unload", method="POST", data=b""
     )
     with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(request, timeout=5)
@@ -149,10 +150,10 @@ def test_model_control_is_disabled(example_server: ServerProcess) -> None:
     assert "model control is disabled" in json.loads(info.value.read())["error"]
 
 
-def test_metrics_port(example_server: ServerProcess, client: httpclient.InferenceServerClient) -> None:
+def test_metrics_port(example_http_server: ServerProcess, client: httpclient.InferenceServerClient) -> None:
     x = np.ones((1, 16), np.float32)
     client.infer("add_sub", _add_sub_inputs(x, x, True))
-    text = urllib.request.urlopen(f"http://127.0.0.1:{example_server.metrics}/metrics", timeout=5).read().decode()
+    text = urllib.request.urlopen(f"http://127.0.0.1:{example_http_server.metrics}/metrics", timeout=5).read().decode()
     for metric in (
         'servegraph_inference_requests_total{model="add_sub",outcome="success",version="1"}',
         "servegraph_request_latency_seconds_bucket",

@@ -4,9 +4,10 @@ or its gRPC twin (or a logged 500 / INTERNAL for a bug), never a hang, and the s
 still serves (RELIABILITY.md R10).
 
 Covered: version segments that are not decimal numbers (Unicode digits included) on every
-endpoint and RPC; a body whose Content-Encoding does not match it; requests aiohttp's
+endpoint and RPC; a body whose Content-Encoding does not match it; requests the HTTP
 parser refuses; protobuf that does not decode, on unary RPCs and on a stream; a bug in a
-non-inference handler (INTERNAL naming it, never "not ready").
+non-inference handler (INTERNAL naming it, never "not ready"). The HTTP cases run on each
+REST transport (``--http-server``).
 
 Left out: tensor-level validation (test_errors.py) and random requests (test_fuzz.py).
 """
@@ -14,22 +15,25 @@ Left out: tensor-level validation (test_errors.py) and random requests (test_fuz
 from __future__ import annotations
 
 import asyncio
+import gzip
 import socket
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
 import aiohttp
 import orjson
 import pytest
-from aiohttp import web
 from tritonclient.grpc import service_pb2 as pb
 
 import grpc
+from servegraph.runtime.config import HttpServer
 from servegraph.runtime.dataplane import DataPlane
 from servegraph.runtime.protocol.errors import ModelNotReady
 from servegraph.runtime.servers import grpc as grpc_transport
-from servegraph.runtime.servers import rest
+from servegraph.runtime.servers import rest_api
+from servegraph.runtime.servers.rest_listeners import open_rest
 from tests.conftest import ADD_SUB_ONES, ServerProcess, assert_still_serves, http_request
 
 # ------------------------------------------------------------------ version segments
@@ -45,10 +49,10 @@ DECODED = {"%C2%B2": "²", "%E2%91%A0": "①", "%D9%A3": "٣", "latest": "latest
     ids=["infer", "metadata", "config", "stats", "ready"],
 )
 def test_a_version_that_is_no_number_is_400(
-    example_server: ServerProcess, segment: str, method: str, suffix: str
+    example_http_server: ServerProcess, segment: str, method: str, suffix: str
 ) -> None:
     body = orjson.dumps(ADD_SUB_ONES) if method == "POST" else b""
-    reply = http_request(example_server.http_url, method, f"/v2/models/add_sub/versions/{segment}{suffix}", body)
+    reply = http_request(example_http_server.http_url, method, f"/v2/models/add_sub/versions/{segment}{suffix}", body)
     assert reply.status == 400, reply
     assert f"version of model 'add_sub' must be a decimal number such as '1', got '{DECODED[segment]}'" in reply.error()
 
@@ -87,22 +91,32 @@ def test_a_version_that_is_no_number_is_invalid_argument_over_grpc(
     "path", ["/v2/models/add_sub/infer", "/v2/repository/index", "/v2/models/add_sub/feedback"],
     ids=["infer", "index", "feedback"],
 )
-def test_a_body_not_in_its_content_encoding_is_400(example_server: ServerProcess, encoding: str, path: str) -> None:
+def test_a_body_not_in_its_content_encoding_is_400(example_http_server: ServerProcess, encoding: str, path: str) -> None:
     reply = http_request(
-        example_server.http_url, "POST", path, orjson.dumps(ADD_SUB_ONES), {"Content-Encoding": encoding}
+        example_http_server.http_url, "POST", path, orjson.dumps(ADD_SUB_ONES), {"Content-Encoding": encoding}
     )
     assert reply.status == 400, reply
     assert f"unreadable request body (Content-Encoding: {encoding})" in reply.error()
-    assert_still_serves(example_server)
+    assert_still_serves(example_http_server)
 
 
-def test_a_body_in_its_content_encoding_is_read(example_server: ServerProcess) -> None:
+RAW_DEFLATE = {"wbits": -zlib.MAX_WBITS}
+
+
+@pytest.mark.parametrize(
+    ("encoding", "compress"),
+    [("gzip", gzip.compress), ("deflate", zlib.compress), ("deflate", lambda b: zlib.compress(b, **RAW_DEFLATE))],
+    ids=["gzip", "deflate", "raw_deflate"],
+)
+def test_a_body_in_its_content_encoding_is_read(
+    example_http_server: ServerProcess, encoding: str, compress: Callable[[bytes], bytes]
+) -> None:
     reply = http_request(
-        example_server.http_url,
+        example_http_server.http_url,
         "POST",
         "/v2/models/add_sub/infer",
-        zlib.compress(orjson.dumps(ADD_SUB_ONES)),
-        {"Content-Encoding": "deflate"},
+        compress(orjson.dumps(ADD_SUB_ONES)),
+        {"Content-Encoding": encoding},
     )
     assert reply.status == 200, reply
 
@@ -142,13 +156,13 @@ MALFORMED_HTTP = {
 
 
 @pytest.mark.parametrize("data", MALFORMED_HTTP.values(), ids=MALFORMED_HTTP.keys())
-def test_what_the_http_parser_refuses_is_a_json_error(example_server: ServerProcess, data: bytes) -> None:
-    status, headers, body = _raw_http(example_server.http_url, data)
+def test_what_the_http_parser_refuses_is_a_json_error(example_http_server: ServerProcess, data: bytes) -> None:
+    status, headers, body = _raw_http(example_http_server.http_url, data)
     assert 400 <= status < 500, (status, body)
     assert headers.get("content-type", "").startswith("application/json"), (headers, body)
     payload = orjson.loads(body)
     assert set(payload) == {"error"} and isinstance(payload["error"], str) and payload["error"], payload
-    assert_still_serves(example_server)
+    assert_still_serves(example_http_server)
 
 
 # ------------------------------------------------------------------------- protobuf
@@ -247,16 +261,13 @@ def test_a_bug_in_a_lookup_is_never_a_health_answer() -> None:
 
 
 async def test_a_bug_in_a_non_inference_endpoint_is_a_logged_500_and_internal(
-    caplog: pytest.LogCaptureFixture, tmp_path: Path
+    caplog: pytest.LogCaptureFixture, tmp_path: Path, http_server: HttpServer
 ) -> None:
     from types import SimpleNamespace
 
     dataplane = DataPlane(cast(Any, BuggyRepository()), cast(Any, SimpleNamespace(max_request_bytes=1 << 20)))
-    runner = rest.AppRunner(rest.create_app(dataplane))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    http_port = runner.addresses[0][1]
+    listener = await open_rest(http_server, dataplane, "127.0.0.1", 0)
+    http_port = listener.port
     server, grpc_port = grpc_transport.create_server(dataplane, "127.0.0.1:0")
     await server.start()
     try:
@@ -282,7 +293,8 @@ async def test_a_bug_in_a_non_inference_endpoint_is_a_logged_500_and_internal(
                 assert info.value.details() == "internal server error: RuntimeError: lookup exploded", rpc
     finally:
         await server.stop(grace=1.0)
-        await runner.cleanup()
+        await listener.close()
+    assert "unexpected error in GET /v2/models/m/config" in caplog.text
     assert "unexpected error in ModelMetadata" in caplog.text
 
 
@@ -292,17 +304,15 @@ async def test_a_bug_in_a_non_inference_endpoint_is_a_logged_500_and_internal(
 @pytest.mark.parametrize("value", ["٣", "1_0", "²"])
 def test_numbers_in_headers_and_rewards_are_ascii(value: str) -> None:
     """int() and float() read Unicode digits ("٣" as 3) and underscores; the protocol does not."""
-    from aiohttp.test_utils import make_mocked_request
-
     from servegraph.runtime.protocol.errors import InvalidInput
     from servegraph.runtime.protocol.parameters import parse_reward
     from servegraph.runtime.protocol.rest_codec import HEADER_LENGTH
 
-    request = make_mocked_request("POST", "/", headers={HEADER_LENGTH: value, rest.TIMEOUT_HEADER: value})
+    headers = {HEADER_LENGTH.lower(): value, rest_api.TIMEOUT_HEADER.lower(): value}  # as transports look them up
     with pytest.raises(InvalidInput, match=f"{HEADER_LENGTH} must be an integer"):
-        rest._integer_header(request, HEADER_LENGTH)
+        rest_api.integer_header(headers, HEADER_LENGTH)
     if value != "1_0":  # float("1_0") is 10.0: accepted, as it is ASCII
         with pytest.raises(InvalidInput, match="must be a number"):
-            rest._timeout_header(request)
+            rest_api.timeout_header(headers)
         with pytest.raises(InvalidInput, match="reward must be a number"):
             parse_reward(value)

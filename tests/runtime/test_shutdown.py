@@ -50,8 +50,8 @@ def _gated_server(repo: Path, tmp_path: Path, *args: str) -> tuple[ServerProcess
     return ServerProcess(repo, "--repository-poll-secs", "0", *args).wait_ready(), gate
 
 
-def test_sigterm_drains_every_request_in_flight(repo: Path, tmp_path: Path) -> None:
-    server, gate = _gated_server(repo, tmp_path)
+def test_sigterm_drains_every_request_in_flight(repo: Path, tmp_path: Path, http_server: str) -> None:
+    server, gate = _gated_server(repo, tmp_path, "--http-server", http_server)
     try:
         with ThreadPoolExecutor(max_workers=6) as pool:
             calls = [pool.submit(_infer, server, float(i)) for i in range(6)]
@@ -69,9 +69,9 @@ def test_sigterm_drains_every_request_in_flight(repo: Path, tmp_path: Path) -> N
         server.stop()
 
 
-def test_inflight_requests_are_counted_for_autoscaling(repo: Path, tmp_path: Path) -> None:
+def test_inflight_requests_are_counted_for_autoscaling(repo: Path, tmp_path: Path, http_server: str) -> None:
     """The metric an HPA's targetConcurrency scales on: queued plus running, back to 0 after."""
-    server, gate = _gated_server(repo, tmp_path)
+    server, gate = _gated_server(repo, tmp_path, "--http-server", http_server)
     try:
         assert _metric(server, "servegraph_inflight_requests ") == 0
         with ThreadPoolExecutor(max_workers=3) as pool:
@@ -85,8 +85,8 @@ def test_inflight_requests_are_counted_for_autoscaling(repo: Path, tmp_path: Pat
         server.stop()
 
 
-def test_sigterm_exits_at_the_timeout_when_a_model_is_stuck(repo: Path, tmp_path: Path) -> None:
-    server, gate = _gated_server(repo, tmp_path, "--exit-timeout-secs", "1")
+def test_sigterm_exits_at_the_timeout_when_a_model_is_stuck(repo: Path, tmp_path: Path, http_server: str) -> None:
+    server, gate = _gated_server(repo, tmp_path, "--exit-timeout-secs", "1", "--http-server", http_server)
     try:
         with ThreadPoolExecutor(max_workers=1) as pool:
             call = pool.submit(_infer, server, 1.0)

@@ -41,6 +41,10 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:  # type: i
         "--exit-on-error", type=lambda v: v.lower() in ("1", "true", "yes"), default=False,
         help="exit 1 naming the model when one fails to load at start (Triton's flag; the operator sets it)",
     )
+    p.add_argument(
+        "--http-server", choices=["aiohttp", "uvicorn"], default=ServerSettings.model_fields["http_server"].default,
+        help="the HTTP server under the REST API (default %(default)s); both answer alike",
+    )
     p.add_argument("--log-level", default="INFO")
     p.set_defaults(func=run_serve)
 
@@ -66,6 +70,7 @@ def run_serve(args: argparse.Namespace) -> int:
         strict_readiness=args.strict_readiness,
         exit_timeout_secs=args.exit_timeout_secs,
         exit_on_error=args.exit_on_error,
+        http_server=args.http_server,
     )
     runner: Callable[[Coroutine[Any, Any, bool]], bool]
     try:

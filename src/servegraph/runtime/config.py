@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from servegraph.runtime.protocol.datatype_names import DATATYPES
 
 Backend = Literal["python", "onnxruntime"]
+HttpServer = Literal["aiohttp", "uvicorn"]
 
 
 class _Strict(BaseModel):
@@ -270,6 +271,14 @@ class ServerSettings(BaseModel):
         True, description="Ready only when every model is ready (Triton's default)."
     )
     exit_timeout_secs: float = Field(30.0, ge=0, description="Longest SIGTERM drain.")
+    http_server: HttpServer = Field(
+        "uvicorn",
+        description=(
+            "The HTTP server under the v2 REST API: 'uvicorn' (httptools on the server's own"
+            " event loop; less CPU per request) or 'aiohttp'. Both answer alike, error pages"
+            " included; the metrics port is aiohttp's either way."
+        ),
+    )
     exit_on_error: bool = Field(
         False,
         description=(

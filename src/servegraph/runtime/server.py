@@ -25,6 +25,7 @@ from servegraph.runtime.repository.manager import ModelRepository
 from servegraph.runtime.servable import ModelSource
 from servegraph.runtime.servers import grpc as grpc_server
 from servegraph.runtime.servers import rest
+from servegraph.runtime.servers.rest_listeners import RestListener, open_rest
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +53,7 @@ class Server:
         self.repository = self._model_source(settings, node)
         self.dataplane = DataPlane(self.repository, settings, self.metrics.inflight)
         self.ports: Ports | None = None
-        self._runners: list[web.AppRunner] = []
-        self._sites: list[web.TCPSite] = []
+        self._listeners: list[RestListener] = []
         self._grpc: object | None = None
         self._poller: asyncio.Task[None] | None = None
         self.stopping = asyncio.Event()
@@ -83,20 +83,16 @@ class Server:
         return NodeHost(build_node(node, self.metrics, base_dir=base_dir, poll_interval=settings.child_poll_secs))
 
     async def _listen(self, app: web.Application, port: int) -> int:
-        runner = rest.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
-        await runner.setup()
-        site = web.TCPSite(runner, self.settings.host, port, backlog=1024)
-        await site.start()
-        self._runners.append(runner)
-        self._sites.append(site)
-        # asyncio's and uvloop's servers both have .sockets (uvloop's is no asyncio.Server).
-        sockets = getattr(site._server, "sockets", None) or []
-        return int(sockets[0].getsockname()[1]) if sockets else port
+        listener = await rest.AiohttpListener.open(app, self.settings.host, port)
+        self._listeners.append(listener)
+        return listener.port
 
     async def start(self) -> Ports:
         """Open the listeners, load and warm up every model, then become ready."""
         s = self.settings
-        http_port = await self._listen(rest.create_app(self.dataplane), s.http_port)
+        api = await open_rest(s.http_server, self.dataplane, s.host, s.http_port)
+        self._listeners.append(api)
+        http_port = api.port
         metrics_port = await self._listen(rest.create_metrics_app(self.metrics.render), s.metrics_port)
         server, grpc_port = grpc_server.create_server(self.dataplane, f"{s.host}:{s.grpc_port}")
         await server.start()
@@ -134,16 +130,16 @@ class Server:
         log.info("draining (up to %.0f s)", timeout)
         if self._poller is not None:
             self._poller.cancel()
-        for site in self._sites:
-            await site.stop()  # no new connections; open ones get 503 from the data plane
+        for listener in self._listeners:
+            await listener.stop_accepting()  # open connections get 503 from the data plane
         try:
             drained = await asyncio.wait_for(self.repository.close(timeout), timeout + 1)
         except asyncio.TimeoutError:
             drained = False
         if self._grpc is not None:
             await self._grpc.stop(grace=1.0)  # type: ignore[attr-defined]
-        for runner in self._runners:
-            await runner.cleanup()
+        for listener in self._listeners:
+            await listener.close()
         log.info("stopped%s", "" if drained else " (exit timeout hit with work still running)")
         return drained
 

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import aiohttp
 import numpy as np
 import pytest
+from multidict import CIMultiDict
 from tritonclient.grpc import service_pb2 as pb
 
 import grpc
@@ -119,14 +120,14 @@ def one_child_router(scripted: ScriptedChild, **settings: Any) -> dict[str, Any]
     return node_config("n", "router", [child("kid", address=scripted.address, model="m")], strategy="Weighted", **settings)
 
 
-async def http_infer(node: Server, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], Any]:
+async def http_infer(node: Server, headers: dict[str, str] | None = None) -> tuple[int, Mapping[str, str], Any]:
     assert node.ports is not None
     body = {"inputs": [{"name": "INPUT", "datatype": "FP32", "shape": [1, 4], "data": [1.0, 2.0, 3.0, 4.0]}]}
     async with (
         aiohttp.ClientSession() as session,
         session.post(f"http://{http_url(node.ports)}/v2/models/n/infer", json=body, headers=headers or {}) as reply,
     ):
-        return reply.status, dict(reply.headers), await reply.json()
+        return reply.status, CIMultiDict(reply.headers), await reply.json()  # header names: any case
 
 
 async def grpc_error(node: Server, timeout: float = 30.0) -> grpc.aio.AioRpcError:

@@ -1,51 +1,48 @@
 """The v2 REST transport on aiohttp: routes, body limits, and errors as ``{"error": ...}``.
 
-Every error answer is JSON ``{"error": str}``: ours (mapped by ``ERROR_TABLE``), aiohttp's
-own (unknown route, wrong method, body too large) and, as a last resort, an unexpected
-exception, which is logged and answered 500 rather than aiohttp's plain-text page.
+The endpoints, routes and every answer's shape are ``rest_api``'s; this module adapts them
+to aiohttp. Every error answer is JSON ``{"error": str}``: ours (mapped by ``ERROR_TABLE``),
+aiohttp's own (unknown route, wrong method, body too large, what its parser refuses) and,
+as a last resort, an unexpected exception, which is logged and answered 500 rather than
+aiohttp's plain-text page.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import time
-from collections.abc import Awaitable, Callable
-from http import HTTPStatus
+from collections.abc import Awaitable, Callable, Mapping
 
-import orjson
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from servegraph.runtime.dataplane import DataPlane
-from servegraph.runtime.protocol import rest_codec
-from servegraph.runtime.protocol.errors import (
-    MODEL_CONTROL_DISABLED,
-    InvalidInput,
-    PayloadTooLarge,
-    PermissionDenied,
-    QueueFull,
-    ServegraphError,
-    status_of,
-)
+from servegraph.runtime.protocol.errors import PayloadTooLarge, ServegraphError
+from servegraph.runtime.servers import rest_api
+from servegraph.runtime.servers.rest_api import Endpoint, Reply
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-TIMEOUT_HEADER = rest_codec.TIMEOUT_HEADER
 
-
-def _json(data: object, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+def response(reply: Reply) -> web.Response:
+    """``rest_api``'s reply as aiohttp's response."""
+    return web.Response(
+        body=reply.body or None,
+        status=reply.status,
+        content_type=reply.content_type or None,
+        headers=reply.headers,
+    )
 
 
 def error_response(exc: ServegraphError) -> web.Response:
-    response = _json({"error": exc.message}, status=status_of(exc)[0])
-    if isinstance(exc, QueueFull):
-        response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
-        response.headers["X-Retry-After-Ms"] = str(max(1, round(exc.retry_after * 1000)))
-    return response
+    return response(rest_api.error_reply(exc))
+
+
+def unexpected_reply(exc: Exception, method: str, path: str) -> Reply:
+    """A bug behind an endpoint: logged with its traceback, answered 500 naming it."""
+    log.exception("unexpected error in %s %s", method, path)
+    return rest_api.error_reply(ServegraphError(f"internal server error: {type(exc).__name__}: {exc}"))
 
 
 @web.middleware
@@ -60,13 +57,10 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             raise
         if exc.status == 413:
             return error_response(PayloadTooLarge(exc.text or exc.reason))
-        response = _json({"error": f"{exc.reason}: {request.method} {request.path}"}, status=exc.status)
-        if exc.status == 405 and "Allow" in exc.headers:
-            response.headers["Allow"] = exc.headers["Allow"]
-        return response
+        allow = {"Allow": exc.headers["Allow"]} if exc.status == 405 and "Allow" in exc.headers else None
+        return response(rest_api.http_error_reply(exc.status, f"{request.method} {request.path}", allow))
     except Exception as exc:
-        log.exception("unexpected error in %s %s", request.method, request.path)
-        return error_response(ServegraphError(f"internal server error: {type(exc).__name__}: {exc}"))
+        return response(unexpected_reply(exc, request.method, request.path))
 
 
 class _JsonErrorHandler(RequestHandler):
@@ -82,14 +76,10 @@ class _JsonErrorHandler(RequestHandler):
         message: str | None = None,
     ) -> web.StreamResponse:
         super().handle_error(request, status, exc, message)  # logs it; raises if already answering
-        try:
-            phrase = HTTPStatus(status).phrase
-        except ValueError:
-            phrase = "Error"
-        detail = (message or "").strip() or (str(exc) if exc is not None else "") or phrase
-        response = _json({"error": f"{phrase}: {detail}"}, status=status)
-        response.force_close()  # as aiohttp's own page: the stream may be out of step
-        return response
+        detail = (message or "").strip() or (str(exc) if exc is not None else "")
+        answer = response(rest_api.http_error_reply(status, detail))
+        answer.force_close()  # as aiohttp's own page: the stream may be out of step
+        return answer
 
 
 class _JsonErrorServer(web.Server):
@@ -110,149 +100,80 @@ class AppRunner(web.AppRunner):
         return server
 
 
-def _integer_header(request: web.Request, name: str) -> int | None:
-    value = request.headers.get(name)
-    if value is None:
-        return None
-    # int() also reads Unicode digits ("٣" as 3), spaces and underscores: only ASCII digits.
-    if not (value.isascii() and value.strip().lstrip("-").isdigit()):
-        raise InvalidInput(f"{name} must be an integer, got {value!r}")
-    return int(value)
+class _Call:
+    """An aiohttp request as ``rest_api.RestCall``."""
+
+    __slots__ = ("_request", "_limit")
+
+    def __init__(self, request: web.Request, limit: int) -> None:
+        self._request = request
+        self._limit = limit
+
+    @property
+    def params(self) -> Mapping[str, str]:
+        return self._request.match_info
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self._request.headers
+
+    async def body(self) -> bytes:
+        """Over the limit is 413; a body aiohttp cannot read (a Content-Encoding that does
+        not match it, a broken chunk) is the caller's fault, 400."""
+        request, limit = self._request, self._limit
+        if request.content_length is not None and request.content_length > limit:
+            raise rest_api.too_large(limit, request.content_length)
+        try:
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise rest_api.too_large(limit) from None
+        except web.RequestPayloadError as exc:
+            raise rest_api.unreadable(request.headers.get("Content-Encoding"), exc.__cause__ or exc) from None
 
 
-def _timeout_header(request: web.Request) -> float | None:
-    value = request.headers.get(TIMEOUT_HEADER)
-    if value is None:
-        return None
-    try:
-        if not value.isascii():  # float() reads Unicode digits too
-            raise ValueError(value)
-        timeout = float(value)
-    except ValueError:
-        raise InvalidInput(f"{TIMEOUT_HEADER} must be a number, got {value!r}") from None
-    if not math.isfinite(timeout) or timeout < 0:
-        raise InvalidInput(f"{TIMEOUT_HEADER} must be a finite, non-negative number, got {value!r}")
-    return timeout
+def _handler(endpoint: Endpoint, limit: int) -> Handler:
+    async def handle(request: web.Request) -> web.Response:
+        return response(await endpoint(_Call(request, limit)))
 
-
-async def _read_body(request: web.Request, limit: int) -> bytes:
-    """The whole body: over ``limit`` is 413, and a body aiohttp cannot read (a
-    Content-Encoding that does not match it, a broken chunk) is the caller's fault, 400."""
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"request body of {request.content_length} bytes is over the {limit}-byte limit")
-    try:
-        return await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise PayloadTooLarge(f"request body is over the {limit}-byte limit") from None
-    except web.RequestPayloadError as exc:
-        cause = exc.__cause__ or exc
-        encoding = request.headers.get("Content-Encoding")
-        where = f" (Content-Encoding: {encoding})" if encoding else ""
-        raise InvalidInput(f"unreadable request body{where}: {cause}") from None
-
-
-def _version(request: web.Request) -> str:
-    return request.match_info.get("version", "")
+    return handle
 
 
 def create_app(dataplane: DataPlane) -> web.Application:
     """The REST application for one data plane (built on demand, never at import time)."""
-    limit = dataplane.settings.max_request_bytes
-
-    async def live(request: web.Request) -> web.Response:
-        return web.Response(status=200 if dataplane.live() else 503)
-
-    async def ready(request: web.Request) -> web.Response:
-        return web.Response(status=200 if dataplane.ready() else 503)
-
-    async def server_metadata(request: web.Request) -> web.Response:
-        return _json(dataplane.server_metadata())
-
-    async def model_metadata(request: web.Request) -> web.Response:
-        return _json(dataplane.model_metadata(request.match_info["model"], _version(request)))
-
-    async def model_ready(request: web.Request) -> web.Response:
-        ok = dataplane.model_ready(request.match_info["model"], _version(request))
-        return web.Response(status=200 if ok else 503)
-
-    async def model_config(request: web.Request) -> web.Response:
-        return _json(dataplane.model_config(request.match_info["model"], _version(request)))
-
-    async def model_stats(request: web.Request) -> web.Response:
-        name = request.match_info.get("model", "")
-        return _json({"model_stats": dataplane.model_statistics(name, _version(request))})
-
-    async def repository_index(request: web.Request) -> web.Response:
-        ready_only = False
-        body = await _read_body(request, limit)
-        if body:
-            try:
-                options = orjson.loads(body)
-            except orjson.JSONDecodeError as exc:
-                raise InvalidInput(f"malformed JSON in request body: {exc}") from None
-            ready_only = bool(isinstance(options, dict) and options.get("ready"))
-        return _json(dataplane.repository_index(ready_only))
-
-    async def model_control(request: web.Request) -> web.Response:
-        raise PermissionDenied(MODEL_CONTROL_DISABLED)
-
-    async def infer(request: web.Request) -> web.Response:
-        arrived = time.monotonic()
-        body = await _read_body(request, limit)
-        length = _integer_header(request, rest_codec.HEADER_LENGTH)
-        timeout_ms = _timeout_header(request)
-        decoded = rest_codec.decode_request(body, length, request.match_info["model"], _version(request))
-        if timeout_ms is not None:
-            decoded.deadline = arrived + timeout_ms / 1000
-        decoded.headers = request.headers  # for header routing in graph nodes (no copy)
-        response = await dataplane.infer(decoded)
-        payload, json_length = rest_codec.encode_response(response, decoded)
-        if json_length is None:
-            return web.Response(body=payload, content_type="application/json")
-        return web.Response(
-            body=payload,
-            content_type="application/octet-stream",
-            headers={rest_codec.HEADER_LENGTH: str(json_length)},
-        )
-
-    async def feedback(request: web.Request) -> web.Response:
-        """A reward for an earlier request to a graph node: ``{"id": str, "reward": number}``."""
-        body = await _read_body(request, limit)
-        try:
-            payload = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidInput(f"malformed JSON in feedback body: {exc}") from None
-        if not isinstance(payload, dict) or "id" not in payload or "reward" not in payload:
-            raise InvalidInput('feedback body must be a JSON object {"id": <request id>, "reward": <number>}')
-        result = await dataplane.feedback(
-            request.match_info["model"], _version(request), payload["id"], payload["reward"]
-        )
-        return _json(result)
-
-    app = web.Application(client_max_size=limit + 1, middlewares=[_errors])
-    model = "/v2/models/{model}"
-    versioned = "/v2/models/{model}/versions/{version}"
-    routes = [
-        ("GET", "/v2/health/live", live),
-        ("GET", "/v2/health/ready", ready),
-        ("GET", "/v2", server_metadata),
-        ("GET", "/v2/models/stats", model_stats),
-        ("POST", "/v2/repository/index", repository_index),
-        ("POST", "/v2/repository/models/{model}/load", model_control),
-        ("POST", "/v2/repository/models/{model}/unload", model_control),
-    ]
-    for prefix in (model, versioned):
-        routes += [
-            ("GET", prefix, model_metadata),
-            ("GET", prefix + "/ready", model_ready),
-            ("POST", prefix + "/infer", infer),
-            ("GET", prefix + "/stats", model_stats),
-            ("GET", prefix + "/config", model_config),
-            ("POST", prefix + "/feedback", feedback),
-        ]
-    for method, path, handler in routes:
-        app.router.add_route(method, path, handler)
+    api = rest_api.RestApi(dataplane)
+    app = web.Application(client_max_size=api.limit + 1, middlewares=[_errors])
+    for method, path, endpoint in api.routes():
+        app.router.add_route(method, path, _handler(endpoint, api.limit))
     return app
+
+
+class AiohttpListener:
+    """An aiohttp app on one TCP port, for ``rest_listeners.RestListener``."""
+
+    def __init__(self, runner: web.AppRunner, site: web.TCPSite) -> None:
+        self._runner = runner
+        self._site = site
+        # asyncio's and uvloop's servers both have .sockets (uvloop's is no asyncio.Server).
+        sockets = getattr(site._server, "sockets", None) or []
+        self.port = int(sockets[0].getsockname()[1]) if sockets else site._port
+
+    @classmethod
+    async def open(cls, app: web.Application, host: str, port: int) -> AiohttpListener:
+        runner = AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port, backlog=1024)
+        await site.start()
+        return cls(runner, site)
+
+    @classmethod
+    async def serve(cls, dataplane: DataPlane, host: str, port: int) -> AiohttpListener:
+        return await cls.open(create_app(dataplane), host, port)
+
+    async def stop_accepting(self) -> None:
+        await self._site.stop()
+
+    async def close(self) -> None:
+        await self._runner.cleanup()
 
 
 def create_metrics_app(render: Callable[[], bytes]) -> web.Application:
