@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import select
 import socket
 import zlib
 from collections.abc import Callable
@@ -162,6 +163,29 @@ def test_what_the_http_parser_refuses_is_a_json_error(example_http_server: Serve
     assert headers.get("content-type", "").startswith("application/json"), (headers, body)
     payload = orjson.loads(body)
     assert set(payload) == {"error"} and isinstance(payload["error"], str) and payload["error"], payload
+    assert_still_serves(example_http_server)
+
+
+def test_a_head_that_never_ends_is_refused_not_buffered(example_http_server: ServerProcess) -> None:
+    """A header line that never ends (slowloris-style, 2 MiB and counting) is refused with a
+    JSON 400 or a closed connection, never buffered without bound while the client waits."""
+    host, port = example_http_server.http_url.rsplit(":", 1)
+    answer = b""
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(b"GET /v2 HTTP/1.1\r\nHost: x\r\nX-Long: ")
+        try:
+            for _ in range(32):  # 64 KiB at a time, until the server answers or hangs up
+                sock.sendall(b"a" * 65536)
+                if select.select([sock], [], [], 0)[0]:
+                    break
+            while chunk := sock.recv(65536):  # a server that buffers on never answers: timeout
+                answer += chunk
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # it hung up while the client was still sending: refused too
+    if answer:
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.split()[1] == b"400", head
+        assert orjson.loads(body)["error"], body
     assert_still_serves(example_http_server)
 
 

@@ -40,6 +40,11 @@ Send = Callable[[Message], Awaitable[None]]
 MAX_LINE = 8190
 """Longest URL or header line, as aiohttp's parser allows (llhttp alone has no limit)."""
 
+MAX_HEAD_BYTES = 1 << 20
+"""Longest request head (request line and headers) buffered before it ends: httptools keeps
+a header that never ends in memory without a bound. Counted per read, so a legitimate head
+is refused only past this minus one read (uvloop reads up to 256 KiB at a time)."""
+
 KEEP_ALIVE_SECS = 75
 """Idle keep-alive connections close after this long (aiohttp's default; uvicorn's is 5 s,
 which races clients that pool connections)."""
@@ -164,7 +169,26 @@ class RestApp:
 
 class _Protocol(HttpToolsProtocol):
     """uvicorn's httptools connection, answering what its parser refuses as ``{"error": str}``
-    (uvicorn writes a text page) and refusing URL and header lines past ``MAX_LINE``."""
+    (uvicorn writes a text page), refusing URL and header lines past ``MAX_LINE`` and a head
+    still open past ``MAX_HEAD_BYTES``."""
+
+    _head_open = False
+    _head_bytes = 0
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._head_open and not self.transport.is_closing():
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._refuse(f"the request's head is longer than {MAX_HEAD_BYTES} bytes")
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_open, self._head_bytes = True, 0
+
+    def on_headers_complete(self) -> None:
+        self._head_open = False
+        super().on_headers_complete()
 
     def on_url(self, url: bytes) -> None:
         super().on_url(url)
@@ -180,8 +204,11 @@ class _Protocol(HttpToolsProtocol):
         # Called while the parser's error is being handled: it says what was wrong.
         error = sys.exc_info()[1]
         cause = getattr(error, "__context__", None) if error is not None else None
-        detail = str(cause if isinstance(cause, ValueError) else error or msg)
-        reply = rest_api.http_error_reply(400, detail or msg)
+        self._refuse(str(cause if isinstance(cause, ValueError) else error or msg) or msg)
+
+    def _refuse(self, detail: str) -> None:
+        """Answer 400 ``{"error": detail}`` and close the connection."""
+        reply = rest_api.http_error_reply(400, detail)
         self.transport.write(
             b"HTTP/1.1 400 Bad Request\r\ncontent-type: %s\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
             % (reply.content_type.encode(), len(reply.body), reply.body)
