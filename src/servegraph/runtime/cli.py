@@ -37,6 +37,11 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:  # type: i
         "--exit-on-error", type=lambda v: v.lower() in ("1", "true", "yes"), default=False,
         help="exit 1 naming the model when one fails to load at start (Triton's flag; the operator sets it)",
     )
+    p.add_argument(
+        "--frontend-workers", type=int, default=0,
+        help="front-end processes sharing the HTTP and gRPC ports, feeding this process's batcher"
+        " through shared memory (0: one process serves everything)",
+    )
     p.add_argument("--log-level", default="INFO")
     p.set_defaults(func=run_serve)
 
@@ -61,6 +66,7 @@ def run_serve(args: argparse.Namespace) -> int:
         strict_readiness=args.strict_readiness,
         exit_timeout_secs=args.exit_timeout_secs,
         exit_on_error=args.exit_on_error,
+        frontend_workers=args.frontend_workers,
     )
     runner: Callable[[Coroutine[Any, Any, bool]], bool]
     try:

@@ -262,6 +262,15 @@ class ServerSettings(BaseModel):
         True, description="Ready only when every model is ready (Triton's default)."
     )
     exit_timeout_secs: float = Field(30.0, ge=0, description="Longest SIGTERM drain.")
+    frontend_workers: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description=(
+            "Front-end processes sharing the HTTP and gRPC ports (SO_REUSEPORT) and feeding this"
+            " process's batcher through shared memory; 0 (the default) serves everything in one process."
+        ),
+    )
     exit_on_error: bool = Field(
         False,
         description=(

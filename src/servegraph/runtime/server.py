@@ -3,13 +3,20 @@
 Listeners open first (live, not ready), then the repository loads and warms up, then the
 server reports ready. SIGTERM (what a pod gets on a rolling update) flips readiness off at
 once, refuses new work, finishes what is queued and running, and exits.
+
+With ``frontend_workers`` > 0 the public HTTP and gRPC ports belong to that many worker
+processes (``runtime.frontend``); this process keeps the batcher and the models, serves the
+workers' inference through shared memory, and answers their other routes on private unix
+sockets. The metrics port stays here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import signal
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +24,7 @@ from aiohttp import web
 
 from servegraph.runtime.config import ServerSettings
 from servegraph.runtime.dataplane import DataPlane
+from servegraph.runtime.frontend.pool import FrontendPool
 from servegraph.runtime.graph.config import NodeConfig
 from servegraph.runtime.metrics import ServerMetrics
 from servegraph.runtime.repository.manager import ModelRepository
@@ -47,6 +55,8 @@ class Server:
         self._sites: list[web.TCPSite] = []
         self._grpc: object | None = None
         self._poller: asyncio.Task[None] | None = None
+        self.frontend: FrontendPool | None = None
+        self._private_dir = ""
         self.stopping = asyncio.Event()
         self.failure = ""
         """Why the server gave up at start (exit_on_error); empty when it did not."""
@@ -84,14 +94,48 @@ class Server:
         sockets = server.sockets if isinstance(server, asyncio.Server) else []
         return sockets[0].getsockname()[1] if sockets else port
 
+    async def _listen_private(self, app: web.Application, path: str) -> None:
+        """The workers' way in for every route but inference (a unix socket, never public)."""
+        runner = rest.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
+        await runner.setup()
+        await web.UnixSite(runner, path).start()
+        self._runners.append(runner)  # not in _sites: workers need it until they are gone
+
+    async def _start_frontend(self) -> tuple[int, int]:
+        """Private listeners for the workers, then the workers on the public ports."""
+        self._private_dir = tempfile.mkdtemp(prefix="servegraph-frontend-")
+        await self._listen_private(rest.create_app(self.dataplane), f"{self._private_dir}/http.sock")
+        grpc_address = f"unix:{self._private_dir}/grpc.sock"
+        server, _ = grpc_server.create_server(self.dataplane, grpc_address)
+        await server.start()
+        self._grpc = server
+        self.frontend = FrontendPool(
+            self.dataplane,
+            self.settings,
+            self.metrics,
+            self._fail,
+            forward_headers=not isinstance(self.repository, ModelRepository),
+        )
+        return await self.frontend.start(f"{self._private_dir}/http.sock", grpc_address)
+
+    def _fail(self, reason: str) -> None:
+        """Give up loudly (a front-end worker that keeps dying): the CLI exits 1 with ``reason``."""
+        log.error("%s", reason)
+        if not self.failure:
+            self.failure = reason
+        self.stopping.set()
+
     async def start(self) -> Ports:
         """Open the listeners, load and warm up every model, then become ready."""
         s = self.settings
-        http_port = await self._listen(rest.create_app(self.dataplane), s.http_port)
+        if s.frontend_workers > 0:
+            http_port, grpc_port = await self._start_frontend()
+        else:
+            http_port = await self._listen(rest.create_app(self.dataplane), s.http_port)
+            server, grpc_port = grpc_server.create_server(self.dataplane, f"{s.host}:{s.grpc_port}")
+            await server.start()
+            self._grpc = server
         metrics_port = await self._listen(rest.create_metrics_app(self.metrics.render), s.metrics_port)
-        server, grpc_port = grpc_server.create_server(self.dataplane, f"{s.host}:{s.grpc_port}")
-        await server.start()
-        self._grpc = server
         self.ports = Ports(http_port, grpc_port, metrics_port)
         log.info(
             "listening: HTTP %s:%d, gRPC %s:%d, metrics %s:%d",
@@ -123,16 +167,22 @@ class Server:
         log.info("draining (up to %.0f s)", timeout)
         if self._poller is not None:
             self._poller.cancel()
+        if self.frontend is not None:
+            self.frontend.begin_stop()  # workers close their ports and wait for their answers
         for site in self._sites:
             await site.stop()  # no new connections; open ones get 503 from the data plane
         try:
             drained = await asyncio.wait_for(self.repository.close(timeout), timeout + 1)
         except asyncio.TimeoutError:
             drained = False
+        if self.frontend is not None:
+            await self.frontend.close(timeout=5.0)
         if self._grpc is not None:
             await self._grpc.stop(grace=1.0)  # type: ignore[attr-defined]
         for runner in self._runners:
             await runner.cleanup()
+        if self._private_dir:
+            shutil.rmtree(self._private_dir, ignore_errors=True)
         log.info("stopped%s", "" if drained else " (exit timeout hit with work still running)")
         return drained
 
