@@ -189,6 +189,16 @@ def example_server() -> Iterator[ServerProcess]:
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def example_server_workers() -> Iterator[ServerProcess]:
+    """The examples/ repository behind two front-end workers (``--frontend-workers 2``)."""
+    server = ServerProcess(EXAMPLES, "--repository-poll-secs", "0", "--frontend-workers", "2").wait_ready()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
     path = tmp_path / "models"

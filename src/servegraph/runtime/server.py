@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
 import signal
 import tempfile
@@ -103,7 +104,8 @@ class Server:
 
     async def _start_frontend(self) -> tuple[int, int]:
         """Private listeners for the workers, then the workers on the public ports."""
-        self._private_dir = tempfile.mkdtemp(prefix="servegraph-frontend-")
+        _remove_orphaned_private_dirs()
+        self._private_dir = tempfile.mkdtemp(prefix=f"servegraph-frontend-{os.getpid()}-")
         await self._listen_private(rest.create_app(self.dataplane), f"{self._private_dir}/http.sock")
         grpc_address = f"unix:{self._private_dir}/grpc.sock"
         server, _ = grpc_server.create_server(self.dataplane, grpc_address)
@@ -200,3 +202,12 @@ class Server:
         else:
             starting.cancel()
         return await self.stop()
+
+
+def _remove_orphaned_private_dirs() -> None:
+    """Remove the socket folders of killed servers (SIGKILL leaves them; they hold no data)."""
+    for folder in Path(tempfile.gettempdir()).glob("servegraph-frontend-*-*"):
+        pid = folder.name.split("-")[2]
+        if not pid.isdigit() or Path(f"/proc/{pid}").exists():
+            continue
+        shutil.rmtree(folder, ignore_errors=True)

@@ -45,6 +45,7 @@ PR_SET_PDEATHSIG = 1
 _SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 INFER_RPCS = frozenset(f"/{_SERVICE.full_name}/{name}" for name in ("ModelInfer", "ModelStreamInfer"))
 _HOP_BY_HOP = frozenset(("host", "content-length", "transfer-encoding", "connection", "keep-alive"))
+_NOT_FORWARDED = _HOP_BY_HOP | {"content-encoding"}  # the body is sent decoded
 _NOT_RELAYED = _HOP_BY_HOP | {"date", "server", "content-encoding"}
 
 
@@ -146,7 +147,7 @@ class ForwardingDataPlane(DataPlane):
         return await self.model.infer(request)
 
 
-def http_proxy(session: aiohttp.ClientSession) -> Callable[..., Awaitable[web.StreamResponse]]:
+def http_proxy(session: aiohttp.ClientSession, limit: int) -> Callable[..., Awaitable[web.StreamResponse]]:
     """Middleware: every route but inference is answered by the model process's own app."""
 
     @web.middleware
@@ -154,8 +155,9 @@ def http_proxy(session: aiohttp.ClientSession) -> Callable[..., Awaitable[web.St
         resource = request.match_info.route.resource
         if request.method == "POST" and resource is not None and resource.canonical.endswith("/infer"):
             return await handler(request)
-        body = await request.read()
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
+        # Read (and decode) as the model process's own app would: the same 400 and 413 answers.
+        body = await rest.read_body(request, limit)
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _NOT_FORWARDED}
         try:
             async with session.request(
                 request.method, f"http://model{request.rel_url}", headers=headers, data=body
@@ -222,7 +224,7 @@ async def serve(config: WorkerConfig) -> int:
         connector=aiohttp.UnixConnector(path=config.private_http), timeout=aiohttp.ClientTimeout(total=None)
     )
     app = rest.create_app(dataplane)
-    app.middlewares.append(http_proxy(session))
+    app.middlewares.append(http_proxy(session, s.max_request_bytes))
     runner = rest.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
     await runner.setup()
     site = web.TCPSite(runner, s.host, config.http_port, backlog=1024, reuse_port=True)

@@ -136,7 +136,7 @@ def _timeout_header(request: web.Request) -> float | None:
     return timeout
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes:
+async def read_body(request: web.Request, limit: int) -> bytes:
     """The whole body: over ``limit`` is 413, and a body aiohttp cannot read (a
     Content-Encoding that does not match it, a broken chunk) is the caller's fault, 400."""
     if request.content_length is not None and request.content_length > limit:
@@ -185,7 +185,7 @@ def create_app(dataplane: DataPlane) -> web.Application:
 
     async def repository_index(request: web.Request) -> web.Response:
         ready_only = False
-        body = await _read_body(request, limit)
+        body = await read_body(request, limit)
         if body:
             try:
                 options = orjson.loads(body)
@@ -199,7 +199,7 @@ def create_app(dataplane: DataPlane) -> web.Application:
 
     async def infer(request: web.Request) -> web.Response:
         arrived = time.monotonic()
-        body = await _read_body(request, limit)
+        body = await read_body(request, limit)
         length = _integer_header(request, rest_codec.HEADER_LENGTH)
         timeout_ms = _timeout_header(request)
         decoded = rest_codec.decode_request(body, length, request.match_info["model"], _version(request))
@@ -218,7 +218,7 @@ def create_app(dataplane: DataPlane) -> web.Application:
 
     async def feedback(request: web.Request) -> web.Response:
         """A reward for an earlier request to a graph node: ``{"id": str, "reward": number}``."""
-        body = await _read_body(request, limit)
+        body = await read_body(request, limit)
         try:
             payload = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
