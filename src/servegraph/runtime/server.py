@@ -208,6 +208,11 @@ def _remove_orphaned_private_dirs() -> None:
     """Remove the socket folders of killed servers (SIGKILL leaves them; they hold no data)."""
     for folder in Path(tempfile.gettempdir()).glob("servegraph-frontend-*-*"):
         pid = folder.name.split("-")[2]
-        if not pid.isdigit() or Path(f"/proc/{pid}").exists():
+        if not pid.isdigit():
             continue
-        shutil.rmtree(folder, ignore_errors=True)
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except PermissionError:  # alive, someone else's
+            pass
