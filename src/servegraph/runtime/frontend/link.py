@@ -22,10 +22,28 @@ HELLO, INFER, CANCEL, ANSWER, FAILED, CANCELLED = range(6)
 _LENGTH = struct.Struct("!I")
 
 
-def send(writer: asyncio.StreamWriter, message: tuple[Any, ...]) -> None:
-    """Queue one message (the caller awaits ``writer.drain()`` to bound the buffer)."""
-    payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    writer.write(_LENGTH.pack(len(payload)) + payload)
+class Sender:
+    """Writes what one event-loop turn sends in one go: one system call, and one wake-up of
+    the other side, for all the answers of a batch or all the requests of a busy turn."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self._queued: list[bytes] = []
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        """Queue one message (callers await ``drain()`` to bound the socket's buffer)."""
+        payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        if not self._queued:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._queued.append(_LENGTH.pack(len(payload)) + payload)
+
+    def _flush(self) -> None:
+        queued, self._queued = self._queued, []
+        if not self.writer.is_closing():
+            self.writer.write(b"".join(queued))
+
+    async def drain(self) -> None:
+        await self.writer.drain()
 
 
 async def receive(reader: asyncio.StreamReader) -> tuple[Any, ...] | None:

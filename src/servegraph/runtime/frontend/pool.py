@@ -66,7 +66,7 @@ class _Worker:
     process: asyncio.subprocess.Process
     arena: SlotArena
     reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
+    sender: link.Sender
     requests: Any
     tasks: dict[int, asyncio.Task[None]] = field(default_factory=dict)
 
@@ -149,7 +149,7 @@ class FrontendPool:
         finally:
             theirs.close()
         reader, writer = await asyncio.open_unix_connection(sock=ours)
-        worker = _Worker(index, process, arena, reader, writer, self._requests.labels(worker=str(index)))
+        worker = _Worker(index, process, arena, reader, link.Sender(writer), self._requests.labels(worker=str(index)))
         try:
             hello = await asyncio.wait_for(link.receive(reader), START_TIMEOUT_S)
         except asyncio.TimeoutError:
@@ -215,17 +215,17 @@ class FrontendPool:
             log.exception("unexpected error in a front-end worker's inference request")
             error = ServegraphError(f"internal server error: {type(exc).__name__}: {exc}")
             message = (link.FAILED, rid, link.describe_error(error))
-        if worker.writer.is_closing():
+        if worker.sender.writer.is_closing():
             return
-        link.send(worker.writer, message)
+        worker.sender.send(message)
         try:
-            await worker.writer.drain()
+            await worker.sender.drain()
         except ConnectionError:
             pass  # the worker died; its watcher restarts it
 
     async def _bury(self, worker: _Worker) -> int | None:
         """Wait for a worker whose link closed (kill it if it lingers) and free its memory."""
-        worker.writer.close()
+        worker.sender.writer.close()
         try:
             await asyncio.wait_for(worker.process.wait(), 5.0)
         except asyncio.TimeoutError:

@@ -61,7 +61,7 @@ class ModelLink:
         forward_headers: bool,
     ) -> None:
         self.reader = reader
-        self.writer = writer
+        self.sender = link.Sender(writer)
         self.arena = arena
         self.max_inflight = max_inflight
         self.forward_headers = forward_headers
@@ -91,9 +91,9 @@ class ModelLink:
         shell = dataclasses.replace(request, inputs={}, headers=headers)
         answer: asyncio.Future[tuple[Any, ...]] = asyncio.get_running_loop().create_future()
         self._pending[rid] = (answer, slot)
-        link.send(self.writer, (link.INFER, rid, slot, shell, inputs))
+        self.sender.send((link.INFER, rid, slot, shell, inputs))
         try:
-            await self.writer.drain()
+            await self.sender.drain()
             message = await answer
         except asyncio.CancelledError:
             if answer.done() and not answer.cancelled():  # answered, but nobody will read it
@@ -101,7 +101,7 @@ class ModelLink:
                     self.arena.release(slot)
             elif not self.closed:
                 answer.cancel()  # the slot is released when the model process confirms
-                link.send(self.writer, (link.CANCEL, rid))
+                self.sender.send((link.CANCEL, rid))
             raise
         if message[0] == link.ANSWER:
             response: InferResponse = message[2]
@@ -237,8 +237,8 @@ async def serve(config: WorkerConfig) -> int:
         dataplane, f"{s.host}:{config.grpc_port}", reuse_port=True, interceptors=[RpcProxy(channel)]
     )
     await server.start()
-    link.send(writer, (link.HELLO, os.getpid()))
-    await writer.drain()
+    model.sender.send((link.HELLO, os.getpid()))
+    await model.sender.drain()
 
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
