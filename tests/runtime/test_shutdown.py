@@ -11,6 +11,8 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import DOUBLES, Gate, ServerProcess, add_model, fp32_model_config, http_status, wait_until
 
 
@@ -50,8 +52,9 @@ def _gated_server(repo: Path, tmp_path: Path, *args: str) -> tuple[ServerProcess
     return ServerProcess(repo, "--repository-poll-secs", "0", *args).wait_ready(), gate
 
 
-def test_sigterm_drains_every_request_in_flight(repo: Path, tmp_path: Path) -> None:
-    server, gate = _gated_server(repo, tmp_path)
+@pytest.mark.parametrize("workers", [(), ("--frontend-workers", "2")], ids=["one-process", "frontend-workers-2"])
+def test_sigterm_drains_every_request_in_flight(repo: Path, tmp_path: Path, workers: tuple[str, ...]) -> None:
+    server, gate = _gated_server(repo, tmp_path, *workers)
     try:
         with ThreadPoolExecutor(max_workers=6) as pool:
             calls = [pool.submit(_infer, server, float(i)) for i in range(6)]
@@ -85,8 +88,11 @@ def test_inflight_requests_are_counted_for_autoscaling(repo: Path, tmp_path: Pat
         server.stop()
 
 
-def test_sigterm_exits_at_the_timeout_when_a_model_is_stuck(repo: Path, tmp_path: Path) -> None:
-    server, gate = _gated_server(repo, tmp_path, "--exit-timeout-secs", "1")
+@pytest.mark.parametrize("workers", [(), ("--frontend-workers", "2")], ids=["one-process", "frontend-workers-2"])
+def test_sigterm_exits_at_the_timeout_when_a_model_is_stuck(
+    repo: Path, tmp_path: Path, workers: tuple[str, ...]
+) -> None:
+    server, gate = _gated_server(repo, tmp_path, "--exit-timeout-secs", "1", *workers)
     try:
         with ThreadPoolExecutor(max_workers=1) as pool:
             call = pool.submit(_infer, server, 1.0)
