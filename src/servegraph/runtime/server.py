@@ -7,7 +7,9 @@ once, refuses new work, finishes what is queued and running, and exits.
 With ``frontend_workers`` > 0 the public HTTP and gRPC ports belong to that many worker
 processes (``runtime.frontend``); this process keeps the batcher and the models, serves the
 workers' inference through shared memory, and answers their other routes on private unix
-sockets. The metrics port stays here.
+sockets. The metrics port stays here: batching, queue and latency metrics are this process's
+(latency from arrival here, the workers' decoding and encoding not included), plus each
+worker's forwarded requests (``servegraph_frontend_requests_total{worker}``).
 """
 
 from __future__ import annotations

@@ -159,6 +159,8 @@ class FrontendPool:
             raise RuntimeError(f"front-end worker {index} did not start (exit status {process.returncode})")
         self._workers[index] = worker
         self._alive.inc()
+        if self._stopping:  # restarted while the server began to stop: it stops with the others
+            process.send_signal(signal.SIGTERM)
         watcher = asyncio.get_running_loop().create_task(self._serve(worker))
         self._watchers.add(watcher)
         watcher.add_done_callback(self._watchers.discard)
