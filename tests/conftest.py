@@ -211,13 +211,20 @@ class ServerProcess:
 
 
 @pytest.fixture(scope="session")
-def example_server() -> Iterator[ServerProcess]:
-    """The examples/ repository served by a real ``servegraph serve`` process."""
+def example_server_one_process() -> Iterator[ServerProcess]:
+    """The examples/ repository served by a real ``servegraph serve`` process, defaults only."""
     server = ServerProcess(EXAMPLES, "--repository-poll-secs", "0").wait_ready()
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def example_server(example_server_one_process: ServerProcess) -> ServerProcess:
+    """The examples' server (a module may override it to run its tests in more modes:
+    tests/runtime/frontend_modes.py)."""
+    return example_server_one_process
 
 
 HTTP_SERVERS = ("aiohttp", "uvicorn")
@@ -232,14 +239,30 @@ def http_server(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+@pytest.fixture(scope="session")
+def example_server_aiohttp() -> Iterator[ServerProcess]:
+    """The examples/ repository on the REST transport that is not the default."""
+    other = next(name for name in HTTP_SERVERS if name != DEFAULT_HTTP_SERVER)
+    server = ServerProcess(EXAMPLES, "--repository-poll-secs", "0", "--http-server", other).wait_ready()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="session", params=HTTP_SERVERS)
-def example_http_server(request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
+def example_http_server(request: pytest.FixtureRequest) -> ServerProcess:
     """The examples/ repository served with each REST transport in turn (the default one is
     ``example_server`` itself)."""
-    if request.param == DEFAULT_HTTP_SERVER:
-        yield request.getfixturevalue("example_server")
-        return
-    server = ServerProcess(EXAMPLES, "--repository-poll-secs", "0", "--http-server", request.param).wait_ready()
+    name = "example_server_one_process" if request.param == DEFAULT_HTTP_SERVER else "example_server_aiohttp"
+    server: ServerProcess = request.getfixturevalue(name)
+    return server
+
+
+@pytest.fixture(scope="session")
+def example_server_workers() -> Iterator[ServerProcess]:
+    """The examples/ repository behind two front-end workers (``--frontend-workers 2``)."""
+    server = ServerProcess(EXAMPLES, "--repository-poll-secs", "0", "--frontend-workers", "2").wait_ready()
     try:
         yield server
     finally:

@@ -77,6 +77,7 @@ from tests.conftest import (
     http_url,
     serve,
 )
+from tests.runtime.frontend_modes import example_server_in_both_modes, frontend_mode  # noqa: F401  (both modes)
 
 Json = dict[str, Any]
 

@@ -11,6 +11,7 @@ from tritonclient.grpc import service_pb2_grpc
 
 import grpc
 from tests.conftest import ServerProcess
+from tests.runtime.frontend_modes import example_server_in_both_modes, frontend_mode  # noqa: F401  (both modes)
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import pytest
 import tritonclient.http as httpclient
 
 from tests.conftest import ServerProcess
+from tests.runtime.frontend_modes import example_server_in_both_modes, frontend_mode  # noqa: F401  (both modes)
 
 
 @pytest.fixture

@@ -36,6 +36,7 @@ from servegraph.runtime.servers import grpc as grpc_transport
 from servegraph.runtime.servers import rest_api
 from servegraph.runtime.servers.rest_listeners import open_rest
 from tests.conftest import ADD_SUB_ONES, ServerProcess, assert_still_serves, http_request
+from tests.runtime.frontend_modes import example_server_in_both_modes, frontend_mode  # noqa: F401  (both modes)
 
 # ------------------------------------------------------------------ version segments
 

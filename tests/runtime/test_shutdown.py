@@ -11,6 +11,8 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import DOUBLES, Gate, ServerProcess, add_model, fp32_model_config, http_status, wait_until
 
 
@@ -41,6 +43,12 @@ def _queue_depth(server: ServerProcess) -> float:
     return _metric(server, "servegraph_queue_depth{")
 
 
+MODES = [("--http-server", "uvicorn"), ("--http-server", "aiohttp"), ("--frontend-workers", "2", "--http-server", "aiohttp")]
+"""Each way of serving HTTP: one process on either REST transport, and two front-end workers
+(whose REST is aiohttp's)."""
+MODE_IDS = ["uvicorn", "aiohttp", "frontend-workers-2"]
+
+
 def _gated_server(repo: Path, tmp_path: Path, *args: str) -> tuple[ServerProcess, Gate]:
     gate = Gate(tmp_path)
     config = fp32_model_config(
@@ -50,8 +58,9 @@ def _gated_server(repo: Path, tmp_path: Path, *args: str) -> tuple[ServerProcess
     return ServerProcess(repo, "--repository-poll-secs", "0", *args).wait_ready(), gate
 
 
-def test_sigterm_drains_every_request_in_flight(repo: Path, tmp_path: Path, http_server: str) -> None:
-    server, gate = _gated_server(repo, tmp_path, "--http-server", http_server)
+@pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
+def test_sigterm_drains_every_request_in_flight(repo: Path, tmp_path: Path, mode: tuple[str, ...]) -> None:
+    server, gate = _gated_server(repo, tmp_path, *mode)
     try:
         with ThreadPoolExecutor(max_workers=6) as pool:
             calls = [pool.submit(_infer, server, float(i)) for i in range(6)]
@@ -85,8 +94,9 @@ def test_inflight_requests_are_counted_for_autoscaling(repo: Path, tmp_path: Pat
         server.stop()
 
 
-def test_sigterm_exits_at_the_timeout_when_a_model_is_stuck(repo: Path, tmp_path: Path, http_server: str) -> None:
-    server, gate = _gated_server(repo, tmp_path, "--exit-timeout-secs", "1", "--http-server", http_server)
+@pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
+def test_sigterm_exits_at_the_timeout_when_a_model_is_stuck(repo: Path, tmp_path: Path, mode: tuple[str, ...]) -> None:
+    server, gate = _gated_server(repo, tmp_path, "--exit-timeout-secs", "1", *mode)
     try:
         with ThreadPoolExecutor(max_workers=1) as pool:
             call = pool.submit(_infer, server, 1.0)

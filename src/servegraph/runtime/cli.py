@@ -42,8 +42,14 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:  # type: i
         help="exit 1 naming the model when one fails to load at start (Triton's flag; the operator sets it)",
     )
     p.add_argument(
-        "--http-server", choices=["aiohttp", "uvicorn"], default=ServerSettings.model_fields["http_server"].default,
-        help="the HTTP server under the REST API (default %(default)s); both answer alike",
+        "--http-server", choices=["aiohttp", "uvicorn"], default=None,
+        help=f"the HTTP server under the REST API (default {ServerSettings.model_fields['http_server'].default};"
+        " aiohttp with --frontend-workers); both answer alike",
+    )
+    p.add_argument(
+        "--frontend-workers", type=int, default=0,
+        help="front-end processes sharing the HTTP and gRPC ports, feeding this process's batcher"
+        " through shared memory (0: one process serves everything)",
     )
     p.add_argument("--log-level", default="INFO")
     p.set_defaults(func=run_serve)
@@ -55,23 +61,12 @@ def run_serve(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    settings = ServerSettings(
-        model_repository=args.model_repository or "",
-        node_config=args.node_config or "",
-        child_poll_secs=args.child_poll_secs,
-        host=args.host,
-        http_port=args.http_port,
-        grpc_port=args.grpc_port,
-        metrics_port=args.metrics_port,
-        ports_file=args.ports_file,
-        repository_poll_secs=args.repository_poll_secs,
-        max_request_bytes=args.max_request_bytes,
-        default_max_queue_size=args.default_max_queue_size,
-        strict_readiness=args.strict_readiness,
-        exit_timeout_secs=args.exit_timeout_secs,
-        exit_on_error=args.exit_on_error,
-        http_server=args.http_server,
-    )
+    chosen = {"http_server": args.http_server} if args.http_server else {}
+    try:
+        settings = _settings(args, chosen)
+    except ValueError as exc:  # settings that cannot work together: say why, no traceback
+        print(f"servegraph serve: {exc}", file=sys.stderr)
+        return 2
     runner: Callable[[Coroutine[Any, Any, bool]], bool]
     try:
         import uvloop
@@ -92,3 +87,24 @@ def run_serve(args: argparse.Namespace) -> int:
         os._exit(1)
     # Model threads stuck past the exit timeout must not keep the process alive.
     os._exit(0 if drained else 1)
+
+
+def _settings(args: argparse.Namespace, chosen: dict[str, Any]) -> ServerSettings:
+    return ServerSettings(
+        model_repository=args.model_repository or "",
+        node_config=args.node_config or "",
+        child_poll_secs=args.child_poll_secs,
+        host=args.host,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        ports_file=args.ports_file,
+        repository_poll_secs=args.repository_poll_secs,
+        max_request_bytes=args.max_request_bytes,
+        default_max_queue_size=args.default_max_queue_size,
+        strict_readiness=args.strict_readiness,
+        exit_timeout_secs=args.exit_timeout_secs,
+        exit_on_error=args.exit_on_error,
+        **chosen,
+        frontend_workers=args.frontend_workers,
+    )

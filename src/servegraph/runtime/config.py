@@ -279,6 +279,15 @@ class ServerSettings(BaseModel):
             " included; the metrics port is aiohttp's either way."
         ),
     )
+    frontend_workers: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description=(
+            "Front-end processes sharing the HTTP and gRPC ports (SO_REUSEPORT) and feeding this"
+            " process's batcher through shared memory; 0 (the default) serves everything in one process."
+        ),
+    )
     exit_on_error: bool = Field(
         False,
         description=(
@@ -287,3 +296,14 @@ class ServerSettings(BaseModel):
             " message carries the reason."
         ),
     )
+
+    @model_validator(mode="after")
+    def _workers_serve_rest_on_aiohttp(self) -> ServerSettings:
+        """Front-end workers proxy REST through an aiohttp app: asking for uvicorn there would
+        be a setting accepted and ignored."""
+        if self.frontend_workers and "http_server" in self.model_fields_set and self.http_server != "aiohttp":
+            raise ValueError(
+                f"http_server '{self.http_server}' does not apply with frontend_workers: the workers"
+                " serve REST on aiohttp; leave http_server out or set it to 'aiohttp'"
+            )
+        return self

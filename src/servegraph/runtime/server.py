@@ -3,6 +3,13 @@
 Listeners open first (live, not ready), then the repository loads and warms up, then the
 server reports ready. SIGTERM (what a pod gets on a rolling update) flips readiness off at
 once, refuses new work, finishes what is queued and running, and exits.
+
+With ``frontend_workers`` > 0 the public HTTP and gRPC ports belong to that many worker
+processes (``runtime.frontend``); this process keeps the batcher and the models, serves the
+workers' inference through shared memory, and answers their other routes on private unix
+sockets. The metrics port stays here: batching, queue and latency metrics are this process's
+(latency from arrival here, the workers' decoding and encoding not included), plus each
+worker's forwarded requests (``servegraph_frontend_requests_total{worker}``).
 """
 
 from __future__ import annotations
@@ -11,7 +18,9 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import signal
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +28,7 @@ from aiohttp import web
 
 from servegraph.runtime.config import ServerSettings
 from servegraph.runtime.dataplane import DataPlane
+from servegraph.runtime.frontend.pool import FrontendPool
 from servegraph.runtime.graph.config import NodeConfig
 from servegraph.runtime.metrics import ServerMetrics
 from servegraph.runtime.repository.manager import ModelRepository
@@ -56,6 +66,9 @@ class Server:
         self._listeners: list[RestListener] = []
         self._grpc: object | None = None
         self._poller: asyncio.Task[None] | None = None
+        self.frontend: FrontendPool | None = None
+        self._private_dir = ""
+        self._private_runners: list[web.AppRunner] = []
         self.stopping = asyncio.Event()
         self.failure = ""
         """Why the server gave up at start (exit_on_error); empty when it did not."""
@@ -87,16 +100,51 @@ class Server:
         self._listeners.append(listener)
         return listener.port
 
+    async def _listen_private(self, app: web.Application, path: str) -> None:
+        """The workers' way in for every route but inference (a unix socket, never public)."""
+        runner = rest.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
+        await runner.setup()
+        await web.UnixSite(runner, path).start()
+        self._private_runners.append(runner)  # not a listener: workers need it until they are gone
+
+    async def _start_frontend(self) -> tuple[int, int]:
+        """Private listeners for the workers, then the workers on the public ports."""
+        _remove_orphaned_private_dirs()
+        self._private_dir = tempfile.mkdtemp(prefix=f"servegraph-frontend-{os.getpid()}-")
+        await self._listen_private(rest.create_app(self.dataplane), f"{self._private_dir}/http.sock")
+        grpc_address = f"unix:{self._private_dir}/grpc.sock"
+        server, _ = grpc_server.create_server(self.dataplane, grpc_address)
+        await server.start()
+        self._grpc = server
+        self.frontend = FrontendPool(
+            self.dataplane,
+            self.settings,
+            self.metrics,
+            self._fail,
+            forward_headers=not isinstance(self.repository, ModelRepository),
+        )
+        return await self.frontend.start(f"{self._private_dir}/http.sock", grpc_address)
+
+    def _fail(self, reason: str) -> None:
+        """Give up loudly (a front-end worker that keeps dying): the CLI exits 1 with ``reason``."""
+        log.error("%s", reason)
+        if not self.failure:
+            self.failure = reason
+        self.stopping.set()
+
     async def start(self) -> Ports:
         """Open the listeners, load and warm up every model, then become ready."""
         s = self.settings
-        api = await open_rest(s.http_server, self.dataplane, s.host, s.http_port)
-        self._listeners.append(api)
-        http_port = api.port
+        if s.frontend_workers > 0:
+            http_port, grpc_port = await self._start_frontend()
+        else:
+            api = await open_rest(s.http_server, self.dataplane, s.host, s.http_port)
+            self._listeners.append(api)
+            http_port = api.port
+            server, grpc_port = grpc_server.create_server(self.dataplane, f"{s.host}:{s.grpc_port}")
+            await server.start()
+            self._grpc = server
         metrics_port = await self._listen(rest.create_metrics_app(self.metrics.render), s.metrics_port)
-        server, grpc_port = grpc_server.create_server(self.dataplane, f"{s.host}:{s.grpc_port}")
-        await server.start()
-        self._grpc = server
         self.ports = Ports(http_port, grpc_port, metrics_port)
         log.info(
             "listening: HTTP %s:%d, gRPC %s:%d, metrics %s:%d",
@@ -130,16 +178,24 @@ class Server:
         log.info("draining (up to %.0f s)", timeout)
         if self._poller is not None:
             self._poller.cancel()
+        if self.frontend is not None:
+            self.frontend.begin_stop()  # workers close their ports and wait for their answers
         for listener in self._listeners:
             await listener.stop_accepting()  # open connections get 503 from the data plane
         try:
             drained = await asyncio.wait_for(self.repository.close(timeout), timeout + 1)
         except asyncio.TimeoutError:
             drained = False
+        if self.frontend is not None:
+            await self.frontend.close(timeout=5.0)
         if self._grpc is not None:
             await self._grpc.stop(grace=1.0)  # type: ignore[attr-defined]
         for listener in self._listeners:
             await listener.close()
+        for runner in self._private_runners:
+            await runner.cleanup()
+        if self._private_dir:
+            shutil.rmtree(self._private_dir, ignore_errors=True)
         log.info("stopped%s", "" if drained else " (exit timeout hit with work still running)")
         return drained
 
@@ -157,3 +213,17 @@ class Server:
         else:
             starting.cancel()
         return await self.stop()
+
+
+def _remove_orphaned_private_dirs() -> None:
+    """Remove the socket folders of killed servers (SIGKILL leaves them; they hold no data)."""
+    for folder in Path(tempfile.gettempdir()).glob("servegraph-frontend-*-*"):
+        pid = folder.name.split("-")[2]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except PermissionError:  # alive, someone else's
+            pass

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, NoReturn
 
 import grpc
@@ -253,14 +253,25 @@ def _handlers(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler(service.full_name, handlers)
 
 
-def create_server(dataplane: DataPlane, address: str) -> tuple[grpc.aio.Server, int]:
-    """A grpc.aio server bound to ``address``; returns it with the port actually bound."""
+def create_server(
+    dataplane: DataPlane,
+    address: str,
+    *,
+    reuse_port: bool = False,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+) -> tuple[grpc.aio.Server, int]:
+    """A grpc.aio server bound to ``address``; returns it with the port actually bound.
+
+    ``reuse_port`` lets front-end workers share one port; off, a second server on a taken
+    port fails instead of silently splitting its traffic.
+    """
     server = grpc.aio.server(
+        interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", dataplane.settings.max_request_bytes),
             ("grpc.max_send_message_length", -1),
-            ("grpc.so_reuseport", 0),
-        ]
+            ("grpc.so_reuseport", int(reuse_port)),
+        ],
     )
     server.add_generic_rpc_handlers((_handlers(InferenceServicer(dataplane)),))
     port = server.add_insecure_port(address)

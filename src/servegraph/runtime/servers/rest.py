@@ -138,6 +138,12 @@ def _handler(endpoint: Endpoint, limit: int) -> Handler:
     return handle
 
 
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The whole body, read as the REST API reads it (413 over ``limit``, 400 unreadable):
+    the front-end workers' proxy answers bad bodies exactly as one process does."""
+    return await _Call(request, limit).body()
+
+
 def create_app(dataplane: DataPlane) -> web.Application:
     """The REST application for one data plane (built on demand, never at import time)."""
     api = rest_api.RestApi(dataplane)

@@ -1,0 +1,293 @@
+"""A front-end worker process: the server's HTTP and gRPC ports, shared with its siblings.
+
+It runs the same transports as a single-process server (``servers.rest``, ``servers.grpc``)
+over a ``ForwardingDataPlane``: an inference request is decoded here, its tensors written
+into shared memory and its descriptor sent to the model process; the answer comes back the
+same way and is encoded here. Every other route and RPC (health, metadata, config,
+statistics, repository, feedback) is proxied unchanged to the model process's private
+listeners, so what a caller reads is the model process's truth, status codes included.
+
+The worker dies with the model process (``PR_SET_PDEATHSIG``, and when its link closes);
+the model process restarts a worker that dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import dataclasses
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+import aiohttp
+import grpc
+from aiohttp import web
+from tritonclient.grpc import service_pb2 as pb
+
+from servegraph.runtime.config import ServerSettings
+from servegraph.runtime.dataplane import DataPlane
+from servegraph.runtime.frontend import link
+from servegraph.runtime.frontend.arena import SlotArena
+from servegraph.runtime.frontend.config import WorkerConfig
+from servegraph.runtime.protocol.errors import QueueFull, ShuttingDown
+from servegraph.runtime.protocol.types import InferRequest, InferResponse
+from servegraph.runtime.servers import grpc as grpc_server
+from servegraph.runtime.servers import rest
+
+log = logging.getLogger(__name__)
+
+PR_SET_PDEATHSIG = 1
+_SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+INFER_RPCS = frozenset(f"/{_SERVICE.full_name}/{name}" for name in ("ModelInfer", "ModelStreamInfer"))
+_HOP_BY_HOP = frozenset(("host", "content-length", "transfer-encoding", "connection", "keep-alive"))
+_NOT_FORWARDED = _HOP_BY_HOP | {"content-encoding"}  # the body is sent decoded
+_NOT_RELAYED = _HOP_BY_HOP | {"date", "server", "content-encoding"}
+
+
+class ModelLink:
+    """The worker's end of the link: sends requests, matches answers, bounds what is in flight."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        arena: SlotArena,
+        max_inflight: int,
+        forward_headers: bool,
+    ) -> None:
+        self.reader = reader
+        self.sender = link.Sender(writer)
+        self.arena = arena
+        self.max_inflight = max_inflight
+        self.forward_headers = forward_headers
+        self.closed = False
+        self._pending: dict[int, tuple[asyncio.Future[tuple[Any, ...]], int | None]] = {}
+        self._next_id = 0
+
+    @property
+    def inflight(self) -> int:
+        return len(self._pending)
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        if self.closed:
+            raise ShuttingDown("server is shutting down and accepts no new requests")
+        if len(self._pending) >= self.max_inflight:
+            raise QueueFull(f"front-end worker queue full: {self.max_inflight} requests in flight", 0.1)
+        rid = self._next_id
+        self._next_id += 1
+        slot = self.arena.acquire()
+        try:
+            inputs = self.arena.put(slot, False, request.inputs)
+        except BaseException:
+            if slot is not None:
+                self.arena.release(slot)
+            raise
+        headers = {k.lower(): v for k, v in request.headers.items()} if self.forward_headers else {}
+        shell = dataclasses.replace(request, inputs={}, headers=headers)
+        answer: asyncio.Future[tuple[Any, ...]] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = (answer, slot)
+        self.sender.send((link.INFER, rid, slot, shell, inputs))
+        try:
+            await self.sender.drain()
+            message = await answer
+        except asyncio.CancelledError:
+            if answer.done() and not answer.cancelled():  # answered, but nobody will read it
+                if slot is not None:
+                    self.arena.release(slot)
+            elif not self.closed:
+                answer.cancel()  # the slot is released when the model process confirms
+                self.sender.send((link.CANCEL, rid))
+            raise
+        if message[0] == link.ANSWER:
+            response: InferResponse = message[2]
+            response.outputs = self.arena.take(slot, message[3])
+            return response
+        if slot is not None:
+            self.arena.release(slot)
+        raise link.rebuild_error(message[2])
+
+    async def run(self) -> None:
+        """Deliver answers until the model process goes; then fail what still waits."""
+        while (message := await link.receive(self.reader)) is not None:
+            entry = self._pending.pop(message[1], None)
+            if entry is None:
+                continue
+            answer, slot = entry
+            if answer.done():  # cancelled by its caller: the slot is free again now
+                if slot is not None:
+                    self.arena.release(slot)
+            else:
+                answer.set_result(message)
+        self.closed = True
+        gone = (link.FAILED, -1, link.describe_error(ShuttingDown("the model process has gone")))
+        for answer, _ in self._pending.values():
+            if not answer.done():
+                answer.set_result(gone)
+        self._pending.clear()
+
+
+class ForwardingDataPlane(DataPlane):
+    """The worker's data plane: ``infer`` goes to the model process. The transports call
+    nothing else on it: every other route is proxied before it gets here, so it holds no
+    repository (``DataPlane.__init__`` is not called on purpose)."""
+
+    def __init__(self, model: ModelLink, settings: ServerSettings) -> None:
+        self.model = model
+        self.settings = settings
+        self.inflight = None
+        self.started = True
+        self.draining = False
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        return await self.model.infer(request)
+
+
+def http_proxy(session: aiohttp.ClientSession, limit: int) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Middleware: every route but inference is answered by the model process's own app."""
+
+    @web.middleware
+    async def proxy(request: web.Request, handler: rest.Handler) -> web.StreamResponse:
+        resource = request.match_info.route.resource
+        if request.method == "POST" and resource is not None and resource.canonical.endswith("/infer"):
+            return await handler(request)
+        # Read (and decode) as the model process's own app would: the same 400 and 413 answers.
+        body = await rest.read_body(request, limit)
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _NOT_FORWARDED}
+        try:
+            async with session.request(
+                request.method, f"http://model{request.rel_url}", headers=headers, data=body
+            ) as answer:
+                payload = await answer.read()
+                relayed = {k: v for k, v in answer.headers.items() if k.lower() not in _NOT_RELAYED}
+                return web.Response(status=answer.status, body=payload, headers=relayed)
+        except aiohttp.ClientError as exc:
+            raise ShuttingDown(f"the model process does not answer: {exc}") from None
+
+    return proxy
+
+
+class RpcProxy(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc's aio stubs are partial
+    """Every RPC but inference is answered by the model process's own gRPC server."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._handlers = {
+            f"/{_SERVICE.full_name}/{method.name}": grpc.unary_unary_rpc_method_handler(
+                self._forward(channel, f"/{_SERVICE.full_name}/{method.name}")
+            )
+            for method in _SERVICE.methods
+            if not method.client_streaming and not method.server_streaming
+        }
+
+    @staticmethod
+    def _forward(channel: grpc.aio.Channel, method: str) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]:
+        call = channel.unary_unary(method)  # no (de)serializers: raw bytes both ways
+
+        async def forward(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            try:
+                answer: bytes = await call(raw, timeout=context.time_remaining())
+                return answer
+            except grpc.aio.AioRpcError as exc:
+                trailing = exc.trailing_metadata()
+                if trailing:
+                    context.set_trailing_metadata(tuple(trailing))
+                await context.abort(exc.code(), exc.details() or "")
+                raise AssertionError("unreachable") from None  # context.abort raises
+
+        return forward
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method = handler_call_details.method
+        if method in INFER_RPCS or method not in self._handlers:
+            return await continuation(handler_call_details)
+        return self._handlers[method]
+
+
+async def serve(config: WorkerConfig) -> int:
+    """Listen, forward until SIGTERM (drain) or until the model process goes (exit 1)."""
+    s = config.settings
+    arena = SlotArena(config.arena_fd, config.slots, config.slot_bytes)
+    reader, writer = await asyncio.open_unix_connection(sock=socket.socket(fileno=config.link_fd))
+    model = ModelLink(reader, writer, arena, config.max_inflight, config.forward_headers)
+    linked = asyncio.get_running_loop().create_task(model.run())
+    dataplane = ForwardingDataPlane(model, s)
+
+    session = aiohttp.ClientSession(
+        connector=aiohttp.UnixConnector(path=config.private_http), timeout=aiohttp.ClientTimeout(total=None)
+    )
+    app = rest.create_app(dataplane)
+    app.middlewares.append(http_proxy(session, s.max_request_bytes))
+    runner = rest.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
+    await runner.setup()
+    site = web.TCPSite(runner, s.host, config.http_port, backlog=1024, reuse_port=True)
+    await site.start()
+    channel = grpc.aio.insecure_channel(
+        config.private_grpc,
+        options=[("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)],
+    )
+    server, _ = grpc_server.create_server(
+        dataplane, f"{s.host}:{config.grpc_port}", reuse_port=True, interceptors=[RpcProxy(channel)]
+    )
+    await server.start()
+    model.sender.send((link.HELLO, os.getpid()))
+    await model.sender.drain()
+
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    stopping = asyncio.get_running_loop().create_task(stop.wait())
+    await asyncio.wait({linked, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if linked.done():
+        log.error("front-end worker %d: the model process has gone; exiting", config.index)
+        return 1
+    # Drain: no new connections; what is in flight is answered as the model process drains.
+    await site.stop()
+    deadline = asyncio.get_running_loop().time() + s.exit_timeout_secs
+    while model.inflight and not linked.done() and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.01)
+    await server.stop(grace=1.0)
+    await runner.cleanup()
+    await session.close()
+    await channel.close()
+    return 0
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ask the kernel for SIGKILL when the model process goes (Linux); exit if it already has."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def main(argv: list[str]) -> None:
+    config = WorkerConfig.model_validate_json(argv[0])
+    _die_with_parent(config.parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the group: the model process decides
+    logging.basicConfig(
+        level=config.log_level,
+        format=f"%(asctime)s %(levelname)s worker-{config.index} %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    runner: Callable[[Coroutine[Any, Any, int]], int]
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:  # uvloop is optional (not on Windows)
+        runner = asyncio.run
+    code = runner(serve(config))
+    sys.stderr.flush()
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,231 @@
+"""``servegraph serve --frontend-workers N``: what the workers add beyond the conformance
+tests (which run in both modes through ``frontend_modes``): spreading, proxying, shared
+memory, and the workers' life and death. Real servers on 127.0.0.1, tritonclient, no mocks.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+
+from tests.conftest import DOUBLES, EXAMPLES, ServerProcess, add_model, http_request, wait_until
+
+
+def _metric(server: ServerProcess, name: str) -> dict[str, float]:
+    """Samples of one metric on the server's metrics port, by their label text."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        match = re.fullmatch(rf"{name}(\{{[^}}]*\}})? (\S+)", line)
+        if match:
+            samples[match.group(1) or ""] = float(match.group(2))
+    return samples
+
+
+def _workers(server: ServerProcess) -> set[int]:
+    """The server's child processes: its front-end workers."""
+    pid = server.process.pid
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except FileNotFoundError:  # the server has gone
+        return set()
+    return {int(child) for child in children}
+
+
+def _gone(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "\nState:\tZ" in status  # a zombie has exited; only its entry waits to be reaped
+
+
+def _add_sub(client: httpclient.InferenceServerClient, value: float, rows: int = 1) -> np.ndarray:
+    x = np.full((rows, 16), value, np.float32)
+    inputs = []
+    for name in ("INPUT0", "INPUT1"):
+        tensor = httpclient.InferInput(name, [rows, 16], "FP32")
+        tensor.set_data_from_numpy(x, binary_data=True)
+        inputs.append(tensor)
+    result = client.infer("add_sub", inputs)
+    return result.as_numpy("OUTPUT0")
+
+
+@pytest.fixture
+def workers_server(repo: Path) -> ServerProcess:
+    """A server of its own with two workers (tests here kill its processes): add_sub, and an
+    echo model whose tensors may be of any width."""
+    shutil.copytree(EXAMPLES / "add_sub", repo / "add_sub")
+    config = {
+        "backend": "python",
+        "max_batch_size": 8,
+        "input": [{"name": "INPUT", "data_type": "FP32", "dims": [-1]}],
+        "output": [
+            {"name": "OUTPUT", "data_type": "FP32", "dims": [-1]},
+            {"name": "ROWSUM", "data_type": "FP32", "dims": [1]},
+        ],
+    }
+    add_model(repo, "echo", config, DOUBLES / "echo.py")
+    server = ServerProcess(repo, "--repository-poll-secs", "0", "--frontend-workers", "2").wait_ready()
+    yield server  # type: ignore[misc]
+    server.stop()
+
+
+def test_connections_land_on_more_than_one_worker(example_server_workers: ServerProcess) -> None:
+    before = _metric(example_server_workers, "servegraph_frontend_requests_total")
+    assert set(before) == {'{worker="0"}', '{worker="1"}'}
+
+    def calls(value: float) -> None:  # one connection per thread: the kernel spreads connections
+        client = httpclient.InferenceServerClient(example_server_workers.http_url)
+        for _ in range(5):
+            np.testing.assert_array_equal(_add_sub(client, value), np.full((1, 16), 2 * value))
+        client.close()
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(calls, range(16)))
+    after = _metric(example_server_workers, "servegraph_frontend_requests_total")
+    grew = {label: after[label] - before[label] for label in after}
+    assert sum(grew.values()) == 80
+    assert all(count > 0 for count in grew.values()), grew
+
+
+def test_a_tensor_over_a_slot_travels_inline_and_comes_back_right(workers_server: ServerProcess) -> None:
+    """Over a slot's size (1 MiB) a tensor goes inline instead of through shared memory."""
+    client = httpclient.InferenceServerClient(workers_server.http_url, network_timeout=60)
+    for columns in (16, 300_000):  # 128 bytes, 2.4 MB
+        x = np.arange(2 * columns, dtype=np.float32).reshape(2, columns)
+        tensor = httpclient.InferInput("INPUT", [2, columns], "FP32")
+        tensor.set_data_from_numpy(x, binary_data=True)
+        result = client.infer("echo", [tensor])
+        np.testing.assert_array_equal(result.as_numpy("OUTPUT"), x)
+        np.testing.assert_array_equal(result.as_numpy("ROWSUM"), x.sum(axis=1, keepdims=True))
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "headers"),
+    [
+        ("POST", "/v2/repository/index", b"not gzip", {"Content-Encoding": "gzip"}),
+        ("GET", "/v2/models/add_sub/infer", b"", {}),
+        ("GET", "/v2/no/such/route", b"", {}),
+        ("POST", "/v2/repository/models/add_sub/load", b"", {}),
+        ("GET", "/v2/models/nope/stats", b"", {}),
+        ("POST", "/v2/models/add_sub/feedback", b'{"id": "x", "reward": 1}', {}),
+        ("POST", "/v2/models/nope/infer", b'{"inputs": []}', {}),
+        ("POST", "/v2/models/add_sub/infer", b"{not json", {}),
+    ],
+    ids=["misencoded", "wrong-method", "unknown-route", "model-control", "unknown-stats", "feedback", "unknown-model", "bad-json"],
+)
+def test_workers_answer_what_one_process_answers(
+    example_server_aiohttp: ServerProcess,
+    example_server_workers: ServerProcess,
+    method: str,
+    path: str,
+    body: bytes,
+    headers: dict[str, str],
+) -> None:
+    """Byte for byte, against one process on the workers' REST transport (aiohttp)."""
+    one = http_request(example_server_aiohttp.http_url, method, path, body, headers)
+    two = http_request(example_server_workers.http_url, method, path, body, headers)
+    assert (two.status, two.body, two.headers.get("allow")) == (one.status, one.body, one.headers.get("allow"))
+
+
+def test_statistics_through_a_worker_are_the_model_processs(example_server_workers: ServerProcess) -> None:
+    client = httpclient.InferenceServerClient(example_server_workers.http_url)
+    grpc = grpcclient.InferenceServerClient(example_server_workers.grpc_url)
+
+    def count() -> int:
+        stats = grpc.get_inference_statistics("add_sub", as_json=True)["model_stats"][0]
+        return int(stats["inference_stats"]["success"]["count"])
+
+    before = count()
+    _add_sub(client, 1.0)
+    assert count() == before + 1  # read right after the answer: proxied, never a stale mirror
+
+
+def test_a_killed_worker_is_restarted_and_the_server_serves_on(workers_server: ServerProcess) -> None:
+    first = _workers(workers_server)
+    assert len(first) == 2
+    victim = min(first)
+    os.kill(victim, signal.SIGKILL)
+    wait_until(lambda: _metric(workers_server, "servegraph_frontend_restarts_total") == {"": 1.0}, what="a restart")
+    wait_until(lambda: _metric(workers_server, "servegraph_frontend_workers") == {"": 2.0}, what="two workers again")
+    assert victim not in _workers(workers_server)
+    assert workers_server.ready()
+    client = httpclient.InferenceServerClient(workers_server.http_url)
+    for _ in range(8):
+        np.testing.assert_array_equal(_add_sub(client, 3.0), np.full((1, 16), 6.0))
+    assert workers_server.stop() == 0
+
+
+def test_a_crash_loop_fails_the_server_loudly(workers_server: ServerProcess) -> None:
+    """Never a silent half-server: workers that keep dying end the server, exit 1, saying why."""
+
+    def exited() -> bool:
+        return workers_server.process.poll() is not None
+
+    def settled(restarts: int) -> bool:  # the last death seen, its replacement listening
+        try:
+            return _metric(workers_server, "servegraph_frontend_restarts_total") == {"": float(restarts)} and (
+                _metric(workers_server, "servegraph_frontend_workers") == {"": 2.0}
+            )
+        except OSError:  # exiting: the metrics port has closed
+            return False
+
+    for restarts in range(6):
+        wait_until(lambda: exited() or settled(restarts), what=f"{restarts} restarts")
+        if exited():
+            break
+        os.kill(min(pid for pid in _workers(workers_server) if not _gone(pid)), signal.SIGKILL)
+    wait_until(lambda: workers_server.process.poll() is not None, what="the server's exit")
+    assert workers_server.process.returncode == 1
+    last = workers_server.output().strip().splitlines()[-1]
+    assert last.startswith("servegraph serve: front-end worker") and "6th death within 60 s: giving up" in last
+
+
+def test_workers_die_with_the_server_and_leave_no_shared_memory(workers_server: ServerProcess) -> None:
+    shm_before = set(os.listdir("/dev/shm"))
+    workers = _workers(workers_server)
+    for pid in workers:  # tensors do travel in shared memory: an anonymous memfd, no name
+        assert "/memfd:servegraph-frontend-" in Path(f"/proc/{pid}/maps").read_text()
+    workers_server.process.kill()
+    workers_server.process.wait()
+    wait_until(lambda: all(_gone(pid) for pid in workers), what="the workers to die with the server")
+    assert set(os.listdir("/dev/shm")) == shm_before
+
+
+def test_sigterm_stops_the_workers_and_cleans_up(workers_server: ServerProcess) -> None:
+    shm_before = set(os.listdir("/dev/shm"))
+    workers = _workers(workers_server)
+    private = list(Path(tempfile.gettempdir()).glob(f"servegraph-frontend-{workers_server.process.pid}-*"))
+    assert len(private) == 1  # the model process's unix sockets for the workers' proxied routes
+    assert workers_server.stop() == 0
+    assert all(_gone(pid) for pid in workers)
+    assert set(os.listdir("/dev/shm")) == shm_before
+    assert not private[0].exists()
+
+
+def test_uvicorn_with_frontend_workers_is_refused_not_ignored() -> None:
+    """The workers' REST is aiohttp's: asking for uvicorn there is an error that names both
+    settings, never a setting accepted and ignored."""
+    done = subprocess.run(
+        [sys.executable, "-m", "servegraph", "serve", "--model-repository", str(EXAMPLES),
+         "--frontend-workers", "2", "--http-server", "uvicorn"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "http_server 'uvicorn' does not apply with frontend_workers" in done.stderr
+    assert "Traceback" not in done.stderr
