@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from servegraph.runtime.config import ServerSettings
+from servegraph.runtime.process import exit_now
 from servegraph.runtime.server import Server
 
 
@@ -84,9 +84,8 @@ def run_serve(args: argparse.Namespace) -> int:
     if server.failure:
         # The last line: Kubernetes' FallbackToLogsOnError makes it the termination message.
         print(f"servegraph serve: {server.failure}", file=sys.stderr, flush=True)
-        os._exit(1)
-    # Model threads stuck past the exit timeout must not keep the process alive.
-    os._exit(0 if drained else 1)
+        exit_now(1)
+    exit_now(0 if drained else 1)
 
 
 def _settings(args: argparse.Namespace, chosen: dict[str, Any]) -> ServerSettings:

@@ -34,6 +34,7 @@ from servegraph.runtime.dataplane import DataPlane
 from servegraph.runtime.frontend import link
 from servegraph.runtime.frontend.arena import SlotArena
 from servegraph.runtime.frontend.config import WorkerConfig
+from servegraph.runtime.process import exit_now
 from servegraph.runtime.protocol.errors import QueueFull, ShuttingDown
 from servegraph.runtime.protocol.types import InferRequest, InferResponse
 from servegraph.runtime.servers import grpc as grpc_server
@@ -284,9 +285,7 @@ def main(argv: list[str]) -> None:
         runner = uvloop.run
     except ImportError:  # uvloop is optional (not on Windows)
         runner = asyncio.run
-    code = runner(serve(config))
-    sys.stderr.flush()
-    os._exit(code)
+    exit_now(runner(serve(config)))
 
 
 if __name__ == "__main__":
