@@ -329,14 +329,7 @@ class LocalGraph:
         path = self._ports_file(node.name)
         deadline = time.monotonic() + PORTS_TIMEOUT
         while not path.exists():
-            code = node.process.poll()
-            if code is not None:
-                if node.pump is not None:
-                    node.pump.join(timeout=5)  # the log's last lines explain the exit
-                raise GraphStartError(
-                    f"node '{node.name}' ({node.kind}) exited with code {code} before it listened; "
-                    "last lines of its log:\n" + "\n".join(node.tail)
-                )
+            _raise_if_exited(node, "before it listened")
             if time.monotonic() > deadline:
                 raise GraphStartError(f"node '{node.name}' did not open its ports within {PORTS_TIMEOUT:.0f} s")
             time.sleep(0.02)
@@ -435,14 +428,7 @@ class LocalGraph:
         waiting = list(self.processes)
         while waiting:
             for node in list(waiting):
-                code = node.process.poll()
-                if code is not None:
-                    if node.pump is not None:
-                        node.pump.join(timeout=5)  # the log's last lines explain the exit
-                    raise GraphStartError(
-                        f"node '{node.name}' ({node.kind}) exited with code {code} before it was ready; "
-                        "last lines of its log:\n" + "\n".join(node.tail)
-                    )
+                _raise_if_exited(node, "before it was ready")
                 if node.ready(self.host):
                     waiting.remove(node)
                     continue
@@ -505,6 +491,19 @@ class LocalGraph:
             self._supervisor = None
         if self._workdir_owned:
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _raise_if_exited(node: NodeProcess, when: str) -> None:
+    """A GraphStartError with the node's last log lines, if it has exited (at start)."""
+    code = node.process.poll()
+    if code is None:
+        return
+    if node.pump is not None:
+        node.pump.join(timeout=5)  # the log's last lines explain the exit
+    raise GraphStartError(
+        f"node '{node.name}' ({node.kind}) exited with code {code} {when}; "
+        "last lines of its log:\n" + "\n".join(node.tail)
+    )
 
 
 def _with_ports(command: list[str], ports: NodePorts) -> list[str]:
