@@ -23,12 +23,14 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import tracemalloc
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any, NamedTuple, cast
 
 import aiohttp
+import brotli
 import numpy as np
 import orjson
 import pytest
@@ -921,6 +923,17 @@ async def test_body_over_the_limit_is_413_before_parsing(repo: Path, http_server
             async with session.post(url, data=bomb, headers={"Content-Encoding": "gzip"}) as reply:
                 assert reply.status == 413
                 assert "over the 4096-byte limit" in (await reply.json())["error"]
+            # 0.4 KB of brotli that would decode to 256 MiB: refused without decoding it all.
+            brotli_bomb = brotli.compress(b"{" * (256 << 20))
+            tracemalloc.start()
+            try:
+                async with session.post(url, data=brotli_bomb, headers={"Content-Encoding": "br"}) as reply:
+                    assert reply.status == 413
+                    assert "over the 4096-byte limit" in (await reply.json())["error"]
+                peak = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+            assert peak < 32 << 20, f"decoding the bomb took {peak >> 20} MiB"
             # At the limit exactly, the body is read and parsed (and is malformed): 400, not 413.
             async with session.post(url, data=b"{" * 4096) as reply:
                 assert reply.status == 400

@@ -326,7 +326,7 @@ async def test_a_bug_in_a_non_inference_endpoint_is_a_logged_500_and_internal(
 # ------------------------------------------------------- numbers in headers and params
 
 
-@pytest.mark.parametrize("value", ["٣", "1_0", "²"])
+@pytest.mark.parametrize("value", ["٣", "1_0", "²", "--5"])
 def test_numbers_in_headers_and_rewards_are_ascii(value: str) -> None:
     """int() and float() read Unicode digits ("٣" as 3) and underscores; the protocol does not."""
     from servegraph.runtime.protocol.errors import InvalidInput
@@ -336,7 +336,7 @@ def test_numbers_in_headers_and_rewards_are_ascii(value: str) -> None:
     headers = {HEADER_LENGTH.lower(): value, rest_api.TIMEOUT_HEADER.lower(): value}  # as transports look them up
     with pytest.raises(InvalidInput, match=f"{HEADER_LENGTH} must be an integer"):
         rest_api.integer_header(headers, HEADER_LENGTH)
-    if value != "1_0":  # float("1_0") is 10.0: accepted, as it is ASCII
+    if value not in ("1_0", "--5"):  # float("1_0") is 10.0 (ASCII); "--5" is for the integer only
         with pytest.raises(InvalidInput, match="must be a number"):
             rest_api.timeout_header(headers)
         with pytest.raises(InvalidInput, match="reward must be a number"):

@@ -9,6 +9,7 @@ stay swappable; they keep only what their server does differently (parsing, read
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from http import HTTPStatus
@@ -109,7 +110,7 @@ def integer_header(headers: Mapping[str, str], name: str) -> int | None:
     if value is None:
         return None
     # int() also reads Unicode digits ("٣" as 3), spaces and underscores: only ASCII digits.
-    if not (value.isascii() and value.strip().lstrip("-").isdigit()):
+    if not re.fullmatch(r"-?[0-9]+", value.strip()):
         raise InvalidInput(f"{name} must be an integer, got {value!r}")
     return int(value)
 

@@ -61,12 +61,16 @@ def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
             import brotli
         except ImportError:  # optional, as it is for aiohttp
             raise rest_api.unreadable(encoding, "no brotli decoder is installed (pip install Brotli)") from None
+        decoder = brotli.Decompressor()
         try:
-            data: bytes = brotli.decompress(body)
+            # Never more than limit + 1 bytes out: a few KB of brotli can expand to gigabytes.
+            data: bytes = decoder.process(body, output_buffer_limit=limit + 1)
         except brotli.error as exc:
             raise rest_api.unreadable(encoding, exc) from None
         if len(data) > limit:
             raise rest_api.too_large(limit)
+        if not decoder.is_finished():
+            raise rest_api.unreadable(encoding, "the compressed stream is incomplete")
         return data
     if encoding == "gzip":
         wbits = 16 + zlib.MAX_WBITS
