@@ -258,6 +258,28 @@ async def test_a_child_hanging_up_mid_answer_is_unavailable_and_garbage_is_500(
         assert status == 500 and body["error"].startswith("child 'kid' of node 'n' sent an answer that is not HTTP/1.1"), body
 
 
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: \xb2\r\n\r\nxx",  # "²" in latin-1: str.isdigit() says yes
+        b"HTTP/1.1 \xb200 OK\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\nx\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabcd\r\n0\r\n\r\n",  # misframed
+    ],
+    ids=["unicode-length", "unicode-status", "negative-chunk", "chunk-overrun"],
+)
+async def test_a_misframed_answer_is_500_at_once(kid: tuple[ScriptedChild, RawHttpChild], answer: bytes) -> None:
+    """Bytes that only look like numbers, or chunks that do not end where they say, are a
+    protocol violation answered at once: never a hang until the deadline, never a bare 500."""
+    _, http_half = kid
+    async with serve_node(router(kid)) as node:
+        await ready_node(node)
+        http_half.answer = lambda head, body: answer
+        status, _, body = await asyncio.wait_for(http_infer(node), 10)
+        assert status == 500, body
+        assert body["error"].startswith("child 'kid' of node 'n' sent an answer that is not HTTP/1.1"), body
+
+
 async def test_a_child_that_never_answers_is_named_in_the_nodes_own_504(kid: tuple[ScriptedChild, RawHttpChild]) -> None:
     _, http_half = kid
     async with serve_node(router(kid)) as node:

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import grpc
 import numpy as np
@@ -175,6 +176,10 @@ def reserve(remaining: float) -> float:
     return min(max(remaining * DEADLINE_RESERVE, DEADLINE_RESERVE_MIN), remaining / 2)
 
 
+MAX_RETRY_HINT = 3600.0
+"""The longest retry hint passed on (seconds): a child's hint is data, not a reason to overflow."""
+
+
 def retry_hint(exc: BaseException) -> float | None:
     """Seconds a busy child asked callers to wait (its ``grpc-retry-pushback-ms`` trailer).
 
@@ -190,7 +195,7 @@ def retry_hint(exc: BaseException) -> float | None:
                 millis = float(value)
             except ValueError:
                 return None
-            return millis / 1000 if math.isfinite(millis) and millis >= 0 else None
+            return min(millis / 1000, MAX_RETRY_HINT) if math.isfinite(millis) and millis >= 0 else None
     return None
 
 
@@ -206,7 +211,7 @@ def http_retry_hint(headers: Mapping[str, str]) -> float | None:
         except ValueError:
             continue
         if math.isfinite(hint) and hint >= 0:
-            return hint
+            return min(hint, MAX_RETRY_HINT)
     return None
 
 
@@ -229,8 +234,9 @@ class ChildClient:
         self.node = node
         self._client: InferenceServerClient | None = None
         self._http = HttpChannel(endpoint.http) if endpoint.http else None
-        version = f"/versions/{endpoint.version}" if endpoint.version else ""
-        self._infer_path = f"/v2/models/{endpoint.model}{version}/infer"
+        # Percent-encoded: a name with a space, "?", "#" or non-latin-1 letters is one path segment.
+        version = f"/versions/{quote(endpoint.version, safe='')}" if endpoint.version else ""
+        self._infer_path = f"/v2/models/{quote(endpoint.model, safe='')}{version}/infer"
 
     @property
     def where(self) -> str:

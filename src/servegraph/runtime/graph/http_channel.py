@@ -12,6 +12,7 @@ reused last-in first-out, and one closed by the server while idle is replaced.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple, cast
 
@@ -62,8 +63,8 @@ class _Connection(asyncio.Protocol):
             return
         try:
             reply = self._parse(eof=False)
-        except ProtocolViolation as exc:
-            waiter.set_exception(exc)
+        except Exception as exc:  # whatever the bytes were, the caller gets an answer
+            waiter.set_exception(exc if isinstance(exc, ProtocolViolation) else ProtocolViolation(str(exc)))
             self.close()
             return
         if reply is not None:
@@ -76,8 +77,8 @@ class _Connection(asyncio.Protocol):
             return
         try:
             reply = self._parse(eof=True)  # an answer framed by the connection's end
-        except ProtocolViolation as violation:
-            waiter.set_exception(violation)
+        except Exception as exc:
+            waiter.set_exception(exc if isinstance(exc, ProtocolViolation) else ProtocolViolation(str(exc)))
             return
         if reply is not None:
             waiter.set_result(reply)
@@ -120,7 +121,7 @@ class _Connection(asyncio.Protocol):
         status, headers, start = self._head
         length = headers.get("content-length")
         if length is not None:
-            if not length.isdigit():
+            if not (length.isascii() and length.isdigit()):  # str.isdigit() takes "²"
                 raise ProtocolViolation(f"bad Content-Length {length!r}")
             stop = start + int(length)
             return Reply(status, headers, bytes(buffer[start:stop])) if len(buffer) >= stop else None
@@ -134,7 +135,7 @@ def _head(raw: bytes) -> tuple[int, dict[str, str], int]:
     """(status, headers, where the body starts) from an answer's head."""
     lines = raw.decode("latin-1").split("\r\n")
     parts = lines[0].split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not re.fullmatch(r"[0-9]{3}", parts[1]):
         raise ProtocolViolation(f"bad status line {lines[0]!r}")
     headers: dict[str, str] = {}
     for line in lines[1:]:
@@ -154,15 +155,16 @@ def _dechunk(buffer: bytearray, start: int) -> bytes | None:
         if line_end < 0:
             return None
         size_text = bytes(buffer[at:line_end]).split(b";", 1)[0].strip()
-        try:
-            size = int(size_text, 16)
-        except ValueError:
-            raise ProtocolViolation(f"bad chunk size {size_text!r}") from None
+        if not re.fullmatch(rb"[0-9A-Fa-f]{1,15}", size_text):  # int(x, 16) also takes -1, 0x1, 1_0
+            raise ProtocolViolation(f"bad chunk size {size_text!r}")
+        size = int(size_text, 16)
         at = line_end + 2
         if size == 0:
             return b"".join(chunks) if buffer.find(b"\r\n\r\n", line_end) >= 0 else None
         if len(buffer) < at + size + 2:
             return None
+        if buffer[at + size : at + size + 2] != b"\r\n":
+            raise ProtocolViolation("a chunk does not end where its size says")
         chunks.append(bytes(buffer[at : at + size]))
         at += size + 2
 
