@@ -229,3 +229,26 @@ def test_uvicorn_with_frontend_workers_is_refused_not_ignored() -> None:
     assert done.returncode == 2, done.stderr
     assert "http_server 'uvicorn' does not apply with frontend_workers" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_slots_are_reused_last_in_first_out_and_views_are_read_only() -> None:
+    """A request's tensors in shared memory are read-only views (as a request's own bytes are
+    in one process): a model call that outlives its cancelled request cannot write into the
+    slot the next request takes. Slots are reused last in, first out, so the pages touched
+    follow peak concurrency, not the whole arena."""
+    from servegraph.runtime.frontend.arena import SlotArena
+
+    arena = SlotArena.create("servegraph-test", slots=8, slot_bytes=4096)
+    try:
+        first = arena.acquire()
+        assert first is not None
+        carried = arena.put(first, False, {"X": np.arange(4, dtype=np.float32)})
+        view = arena.view(carried)["X"]
+        np.testing.assert_array_equal(view, np.arange(4, dtype=np.float32))
+        with pytest.raises(ValueError, match="read-only"):
+            view += 1
+        arena.release(first)
+        assert arena.acquire() == first
+    finally:
+        del view
+        arena.close()

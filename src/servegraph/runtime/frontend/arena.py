@@ -65,7 +65,9 @@ class SlotArena:
     # ------------------------------------------------------------ slot ownership (worker)
     def acquire(self) -> int | None:
         """A free slot, or None when every slot is in flight (the caller sends inline)."""
-        return self._free.popleft() if self._free else None
+        # Last in, first out: the slots in use stay the few already touched, so the mapping's
+        # resident memory follows peak concurrency, not the whole arena.
+        return self._free.pop() if self._free else None
 
     def release(self, slot: int) -> None:
         self._free.append(slot)
@@ -97,12 +99,18 @@ class SlotArena:
         return carried
 
     def view(self, carried: Carried) -> dict[str, np.ndarray]:
-        """The arrays of a descriptor: views of the mapping (no copy), or the inline ones."""
-        return {
-            name: np.ndarray(ref.shape, np.dtype(ref.dtype), buffer=self._map, offset=ref.offset)
-            if isinstance(ref, TensorRef) else ref
-            for name, ref in carried.items()
-        }  # fmt: skip
+        """The arrays of a descriptor: read-only views of the mapping (no copy), or the inline
+        ones. Read-only as a request's own bytes are in one process: a model call that outlives
+        its cancelled request must not write into a slot a new request now holds."""
+        arrays: dict[str, np.ndarray] = {}
+        for name, ref in carried.items():
+            if isinstance(ref, TensorRef):
+                array = np.ndarray(ref.shape, np.dtype(ref.dtype), buffer=self._map, offset=ref.offset)
+                array.flags.writeable = False
+                arrays[name] = array
+            else:
+                arrays[name] = ref
+        return arrays
 
     def take(self, slot: int | None, carried: Carried) -> dict[str, np.ndarray]:
         """An answer's arrays; the slot is released once the last of them is dropped (after

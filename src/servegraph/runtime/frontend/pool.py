@@ -10,6 +10,7 @@ that keeps dying fails the server loudly (``on_failure``) rather than leaving ha
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -170,16 +171,22 @@ class FrontendPool:
     async def _serve(self, worker: _Worker) -> None:
         """Run the worker's requests until its link closes; then restart it or fail."""
         loop = asyncio.get_running_loop()
-        while (message := await link.receive(worker.reader)) is not None:
-            if message[0] == link.INFER:
-                _, rid, slot, request, inputs = message
-                task = loop.create_task(self._infer(worker, rid, slot, request, inputs))
-                worker.tasks[rid] = task
-                task.add_done_callback(functools.partial(_forget, worker.tasks, rid))
-            elif message[0] == link.CANCEL:
-                running = worker.tasks.get(message[1])
-                if running is not None:
-                    running.cancel()
+        try:
+            while (message := await link.receive(worker.reader)) is not None:
+                if message[0] == link.INFER:
+                    _, rid, slot, request, inputs = message
+                    task = loop.create_task(self._infer(worker, rid, slot, request, inputs))
+                    worker.tasks[rid] = task
+                    task.add_done_callback(functools.partial(_finished, worker, rid))
+                elif message[0] == link.CANCEL:
+                    running = worker.tasks.get(message[1])
+                    if running is not None:
+                        running.cancel()
+        except Exception:  # an unreadable message: the link is as good as gone
+            log.exception("front-end worker %d: its link failed; restarting it", worker.index)
+            if worker.process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    worker.process.kill()
         for task in list(worker.tasks.values()):
             task.cancel()
         self._workers.pop(worker.index, None)
@@ -232,7 +239,8 @@ class FrontendPool:
         try:
             await asyncio.wait_for(worker.process.wait(), 5.0)
         except asyncio.TimeoutError:
-            worker.process.kill()
+            with contextlib.suppress(ProcessLookupError):
+                worker.process.kill()
             await worker.process.wait()
         worker.arena.close()
         return worker.process.returncode
@@ -254,7 +262,8 @@ class FrontendPool:
                 await asyncio.wait_for(worker.process.wait(), timeout)
             except asyncio.TimeoutError:
                 log.error("front-end worker %d did not stop in %.0f s; killing it", worker.index, timeout)
-                worker.process.kill()
+                with contextlib.suppress(ProcessLookupError):  # it may exit just now
+                    worker.process.kill()
         if self._watchers:
             await asyncio.gather(*list(self._watchers), return_exceptions=True)
         for sock in self._reserved:
@@ -266,5 +275,9 @@ class FrontendPool:
         return [w.process.pid for w in self._workers.values()]
 
 
-def _forget(tasks: dict[int, asyncio.Task[None]], rid: int, _: asyncio.Task[None]) -> None:
-    tasks.pop(rid, None)
+def _finished(worker: _Worker, rid: int, task: asyncio.Task[None]) -> None:
+    """Forget a finished request; one cancelled before it started never ran ``_infer``'s
+    handler, so the worker is told here (else it would hold the request and its slot)."""
+    worker.tasks.pop(rid, None)
+    if task.cancelled() and not worker.sender.writer.is_closing():
+        worker.sender.send((link.CANCELLED, rid))

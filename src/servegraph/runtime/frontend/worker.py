@@ -248,12 +248,15 @@ async def serve(config: WorkerConfig) -> int:
     if linked.done():
         log.error("front-end worker %d: the model process has gone; exiting", config.index)
         return 1
-    # Drain: no new connections; what is in flight is answered as the model process drains.
+    # Drain: no new connections or RPCs on either port (gRPC's stop refuses new calls at once
+    # and lets those running finish within the grace); what is in flight is answered as the
+    # model process drains.
+    grpc_stopped = asyncio.get_running_loop().create_task(server.stop(grace=s.exit_timeout_secs))
     await site.stop()
     deadline = asyncio.get_running_loop().time() + s.exit_timeout_secs
     while model.inflight and not linked.done() and asyncio.get_running_loop().time() < deadline:
         await asyncio.sleep(0.01)
-    await server.stop(grace=1.0)
+    await grpc_stopped
     await runner.cleanup()
     await session.close()
     await channel.close()
