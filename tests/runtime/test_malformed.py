@@ -167,6 +167,20 @@ def test_what_the_http_parser_refuses_is_a_json_error(example_http_server: Serve
     assert_still_serves(example_http_server)
 
 
+def test_of_a_repeated_header_the_first_counts(example_http_server: ServerProcess) -> None:
+    """Both REST transports read a repeated header alike (the first one, as aiohttp does): a
+    bad deadline before a good one is refused on each."""
+    body = orjson.dumps(ADD_SUB_ONES)
+    request = (
+        b"POST /v2/models/add_sub/infer HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        b"Content-Type: application/json\r\nX-Request-Timeout-Ms: soon\r\nX-Request-Timeout-Ms: 5000\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    status, _, answer = _raw_http(example_http_server.http_url, request)
+    assert status == 400, answer
+    assert "X-Request-Timeout-Ms must be a number" in orjson.loads(answer)["error"]
+
+
 def test_a_head_that_never_ends_is_refused_not_buffered(example_http_server: ServerProcess) -> None:
     """A header line that never ends (slowloris-style, 2 MiB and counting) is refused with a
     JSON 400 or a closed connection, never buffered without bound while the client waits."""

@@ -22,6 +22,10 @@ MAX_HEAD_BYTES = 64 * 1024
 MAX_IDLE = 64
 """Idle connections kept per child (more are closed when returned)."""
 
+MAX_CONNECTIONS = 256
+"""Connections open to one child at once: a burst of calls waits for one (within its
+deadline) rather than opening a socket each."""
+
 
 class Reply(NamedTuple):
     """A child's answer: status, headers (names lower-case) and the whole body."""
@@ -180,15 +184,23 @@ class HttpChannel:
         self.port = int(port)
         self._host_header = f"Host: {address}\r\n"
         self._idle: list[_Connection] = []
+        self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
 
     async def post(self, path: str, headers: Mapping[str, str], parts: Sequence[bytes | memoryview]) -> Reply:
         """POST ``parts`` (the body, in pieces) to ``path``; the whole answer comes back.
 
         Raises OSError when the child cannot be reached, ChannelClosed when it hangs up
         mid-answer, ProtocolViolation for an answer that is not HTTP/1.1. A reused idle
-        connection that turns out closed before answering anything is replaced (the child
-        has not seen the request); cancelling (a deadline) closes the connection.
+        connection that closes before answering anything is retried once, on a fresh
+        connection: most often the child had closed it while idle, though a child that died
+        mid-request looks the same, so a request may reach a child twice (as with any HTTP
+        client's retry of an idempotent call).
+        Cancelling (a deadline) closes the connection.
         """
+        async with self._slots:
+            return await self._post(path, headers, parts)
+
+    async def _post(self, path: str, headers: Mapping[str, str], parts: Sequence[bytes | memoryview]) -> Reply:
         length = sum(len(p) for p in parts)
         head = "".join([
             f"POST {path} HTTP/1.1\r\n{self._host_header}",
@@ -196,13 +208,18 @@ class HttpChannel:
             f"Content-Length: {length}\r\n\r\n",
         ]).encode("latin-1")
         message = [head, *parts]
+        retried = False
         while True:
             connection, reused = await self._connection()
             try:
                 reply = await connection.request(message)
             except ChannelClosed:
                 connection.close()
-                if reused and not connection.received:
+                if reused and not connection.received and not retried:
+                    # Most likely the child restarted: its other idle connections are stale too,
+                    # so the one retry goes over a fresh connection.
+                    retried = True
+                    self.close()
                     continue
                 raise
             except BaseException:

@@ -99,8 +99,12 @@ class _Call:
         self._receive = receive
         self._limit = limit
         self.params: Mapping[str, str] = {}
-        # Lower-case keys (as uvicorn gives them, and as gRPC metadata has them).
-        self.headers: Mapping[str, str] = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        # Lower-case keys (as uvicorn gives them, and as gRPC metadata has them); of a repeated
+        # header the first counts, as aiohttp's ``headers.get`` reads it.
+        headers: dict[str, str] = {}
+        for key, value in scope["headers"]:
+            headers.setdefault(key.decode("latin-1"), value.decode("latin-1"))
+        self.headers: Mapping[str, str] = headers
         self.unread = self.headers.get("content-length", "0") != "0" or "transfer-encoding" in self.headers
         """Whether a body may still be on its way: then the reply closes the connection
         (uvicorn would read and drop it, however long it claims to be)."""
