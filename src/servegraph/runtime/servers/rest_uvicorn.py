@@ -273,6 +273,8 @@ class UvicornListener:
             _, pending = await asyncio.wait(tasks, timeout=SHUTDOWN_SECS)
             for task in pending:
                 task.cancel()
+            if pending:  # let the cancelled ones write their JSON 503 before the sockets close
+                await asyncio.wait(pending, timeout=0.5)
         for connection in list(self._state.connections):
             connection.transport.close()
         await self._server.wait_closed()
