@@ -3,8 +3,9 @@
 The model process binds the public HTTP and gRPC ports first (SO_REUSEPORT, never
 listening: the kernel hands connections only to the workers' listening sockets), so port 0
 resolves once and a restarted worker finds its port. Each worker's inference requests run
-through the one ``DataPlane`` (batcher, models); a worker that dies is restarted, and one
-that keeps dying fails the server loudly (``on_failure``) rather than leaving half of it.
+through the one ``DataPlane`` (batcher, models); a worker that dies is restarted, and when
+workers keep dying (more than ``MAX_RESTARTS`` deaths, of any workers, within
+``RESTART_WINDOW_S``) the server fails loudly (``on_failure``) rather than serving half.
 """
 
 from __future__ import annotations

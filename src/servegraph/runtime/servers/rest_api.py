@@ -247,9 +247,10 @@ class RouteMiss(Exception):
 
 
 class Router:
-    """Matches a raw path against ``RestApi.routes()`` as aiohttp's router does: in order,
+    """Matches a raw path against ``RestApi.routes()`` much as aiohttp's router does: in order,
     segment by segment (a ``{name}`` is one non-empty segment without braces, percent-decoded
-    after splitting, so ``%2F`` stays inside it), the first path whose method fits."""
+    after splitting, so ``%2F`` stays inside it), the first path whose method fits. Unlike
+    aiohttp, fixed segments are compared as sent (``/v2/health/%6Cive`` is 404 here, 200 there)."""
 
     CACHE_SIZE = 4096
     """Paths remembered once matched (a server sees few): a hit is one dict lookup."""
