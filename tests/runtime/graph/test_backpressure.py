@@ -13,6 +13,7 @@ Left out: real children that stop or fail (test_failures.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -96,24 +97,26 @@ class ScriptedChild:
         )
 
 
-@pytest.fixture
-async def scripted() -> AsyncIterator[ScriptedChild]:
+@contextlib.asynccontextmanager
+async def running_child() -> AsyncIterator[ScriptedChild]:
     child_server = ScriptedChild()
     await child_server.server.start()
     try:
         yield child_server
     finally:
         await child_server.server.stop(grace=None)
+
+
+@pytest.fixture
+async def scripted() -> AsyncIterator[ScriptedChild]:
+    async with running_child() as child_server:
+        yield child_server
 
 
 @pytest.fixture
 async def second() -> AsyncIterator[ScriptedChild]:
-    child_server = ScriptedChild()
-    await child_server.server.start()
-    try:
+    async with running_child() as child_server:
         yield child_server
-    finally:
-        await child_server.server.stop(grace=None)
 
 
 def one_child_router(scripted: ScriptedChild, **settings: Any) -> dict[str, Any]:

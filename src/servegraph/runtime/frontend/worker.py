@@ -68,11 +68,10 @@ class ModelLink:
         self.forward_headers = forward_headers
         self.closed = False
         self._pending: dict[int, tuple[asyncio.Future[tuple[Any, ...]], int | None]] = {}
+        self.idle = asyncio.Event()
+        """Set while nothing is in flight to the model process (a drain waits on it)."""
+        self.idle.set()
         self._next_id = 0
-
-    @property
-    def inflight(self) -> int:
-        return len(self._pending)
 
     async def infer(self, request: InferRequest) -> InferResponse:
         if self.closed:
@@ -92,6 +91,7 @@ class ModelLink:
         shell = dataclasses.replace(request, inputs={}, headers=headers)
         answer: asyncio.Future[tuple[Any, ...]] = asyncio.get_running_loop().create_future()
         self._pending[rid] = (answer, slot)
+        self.idle.clear()
         self.sender.send((link.INFER, rid, slot, shell, inputs))
         try:
             await self.sender.drain()
@@ -116,6 +116,8 @@ class ModelLink:
         """Deliver answers until the model process goes; then fail what still waits."""
         while (message := await link.receive(self.reader)) is not None:
             entry = self._pending.pop(message[1], None)
+            if not self._pending:
+                self.idle.set()
             if entry is None:
                 continue
             answer, slot = entry
@@ -130,6 +132,7 @@ class ModelLink:
             if not answer.done():
                 answer.set_result(gone)
         self._pending.clear()
+        self.idle.set()
 
 
 class ForwardingDataPlane(DataPlane):
@@ -253,9 +256,9 @@ async def serve(config: WorkerConfig) -> int:
     # model process drains.
     grpc_stopped = asyncio.get_running_loop().create_task(server.stop(grace=s.exit_timeout_secs))
     await site.stop()
-    deadline = asyncio.get_running_loop().time() + s.exit_timeout_secs
-    while model.inflight and not linked.done() and asyncio.get_running_loop().time() < deadline:
-        await asyncio.sleep(0.01)
+    idle = asyncio.get_running_loop().create_task(model.idle.wait())
+    await asyncio.wait({idle, linked}, timeout=s.exit_timeout_secs, return_when=asyncio.FIRST_COMPLETED)
+    idle.cancel()
     await grpc_stopped
     await runner.cleanup()
     await session.close()
