@@ -15,6 +15,9 @@ Candidates:
   grpc-pb        grpc.aio, protobuf-deserialising servicer (servegraph before this change)
   grpc-raw       grpc.aio generic handler with request_deserializer=None: the handler parses
                  raw_input_contents zero-copy and answers pre-serialised bytes
+  grpc-http2     servegraph's own HTTP/2 connection (servers/http2.py, the default gRPC
+                 transport) with a bare unary handler answering pre-serialised bytes
+  grpc-h2        the same over the pure-Python ``h2`` state machine (pip install h2)
   http-aiohttp   aiohttp (uvloop), servegraph's REST transport
   http-granian   granian (Rust, RSGI interface), one worker
   http-uvicorn   uvicorn + httptools (uvloop), a bare ASGI app
@@ -38,7 +41,7 @@ sys.path.insert(0, str(BENCH))
 import procs  # noqa: E402
 from mlp_model import INPUT_NAME, MLP, MODEL_NAME, OUTPUT_NAME, sample_input  # noqa: E402
 
-CANDIDATES = ("grpc-pb", "grpc-raw", "http-aiohttp", "http-granian", "http-uvicorn")
+CANDIDATES = ("grpc-pb", "grpc-raw", "grpc-http2", "grpc-h2", "http-aiohttp", "http-granian", "http-uvicorn")
 SERVICE = "inference.GRPCInferenceService"
 
 
@@ -123,6 +126,102 @@ def serve_grpc(port: int, raw: bool) -> None:
         server.add_insecure_port(f"127.0.0.1:{port}")
         await server.start()
         await server.wait_for_termination()
+
+    uvloop.run(main())
+
+
+def _grpc_answer() -> bytes:
+    from tritonclient.grpc import service_pb2 as pb
+
+    response = pb.ModelInferResponse(model_name=MODEL_NAME, model_version="1")
+    response.outputs.add(name=OUTPUT_NAME, datatype="FP32", shape=[1, 16])
+    response.raw_output_contents.append(answer())
+    message = response.SerializeToString()
+    return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
+def serve_grpc_http2(port: int) -> None:
+    """servegraph's HTTP/2 connection, a task per call as the real server runs one."""
+    import asyncio
+
+    import numpy as np
+    import uvloop
+
+    from servegraph.runtime.servers import http2
+
+    framed = _grpc_answer()
+    headers = http2.encode_headers([(b":status", b"200"), (b"content-type", b"application/grpc")])
+    trailers = http2.encode_headers([(b"grpc-status", b"0")])
+
+    class Call:
+        def __init__(self, stream: http2.Stream) -> None:
+            self.stream, self.chunks = stream, []
+
+        def data_received(self, data: bytes) -> None:
+            self.chunks.append(data)
+            self.stream.grant(len(data))
+
+        def end_received(self) -> None:
+            asyncio.get_running_loop().create_task(self.answer(b"".join(self.chunks)))
+
+        def reset(self) -> None:
+            pass
+
+        async def answer(self, body: bytes) -> None:
+            np.frombuffer(raw_inputs(body[5:])[0], dtype=np.float32)
+            self.stream.send_response(headers, framed, trailers)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: http2.Http2Connection(lambda s, h: Call(s)), "127.0.0.1", port)
+        await server.serve_forever()
+
+    uvloop.run(main())
+
+
+def serve_grpc_h2(port: int) -> None:
+    """The same over python-hyper's h2 state machine."""
+    import asyncio
+
+    import numpy as np
+    import uvloop
+    from h2.config import H2Configuration
+    from h2.connection import H2Connection
+    from h2.events import DataReceived, RequestReceived, StreamEnded
+
+    framed = _grpc_answer()
+    headers = [(b":status", b"200"), (b"content-type", b"application/grpc")]
+    trailers = [(b"grpc-status", b"0")]
+
+    class Protocol(asyncio.Protocol):
+        def connection_made(self, transport):  # type: ignore[no-untyped-def]
+            self.transport, self.bodies = transport, {}
+            self.h2 = H2Connection(H2Configuration(client_side=False, header_encoding=None))
+            self.h2.initiate_connection()
+            transport.write(self.h2.data_to_send())
+
+        def data_received(self, data: bytes) -> None:
+            for event in self.h2.receive_data(data):
+                if isinstance(event, RequestReceived):
+                    self.bodies[event.stream_id] = []
+                elif isinstance(event, DataReceived):
+                    self.bodies[event.stream_id].append(event.data)
+                    self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                elif isinstance(event, StreamEnded):
+                    body = b"".join(self.bodies.pop(event.stream_id))
+                    asyncio.get_running_loop().create_task(self.answer(event.stream_id, body))
+            self.transport.write(self.h2.data_to_send())
+
+        async def answer(self, stream_id: int, body: bytes) -> None:
+            np.frombuffer(raw_inputs(body[5:])[0], dtype=np.float32)
+            self.h2.send_headers(stream_id, headers)
+            self.h2.send_data(stream_id, framed)
+            self.h2.send_headers(stream_id, trailers, end_stream=True)
+            self.transport.write(self.h2.data_to_send())
+
+    async def main() -> None:
+        server = await asyncio.get_running_loop().create_server(Protocol, "127.0.0.1", port)
+        await server.serve_forever()
 
     uvloop.run(main())
 
@@ -227,11 +326,13 @@ def serve_granian(port: int) -> None:
 SERVE = {
     "grpc-pb": lambda port: serve_grpc(port, raw=False),
     "grpc-raw": lambda port: serve_grpc(port, raw=True),
+    "grpc-http2": serve_grpc_http2,
+    "grpc-h2": serve_grpc_h2,
     "http-aiohttp": serve_aiohttp,
     "http-granian": serve_granian,
     "http-uvicorn": serve_uvicorn,
 }
-REQUIRES = {"http-granian": "granian", "http-uvicorn": "uvicorn"}
+REQUIRES = {"grpc-h2": "h2", "http-granian": "granian", "http-uvicorn": "uvicorn"}
 
 
 # --- the driver ---------------------------------------------------------------------------
@@ -267,7 +368,7 @@ def measure(candidate: str, args: argparse.Namespace, workdir: Path) -> tuple[fl
     """(requests/s, server CPU µs per request, client CPU share) of one round."""
     port = free_port()
     cmd = [sys.executable, str(Path(__file__).resolve()), "--serve", candidate, str(port)]
-    env = {"PYTHONPATH": str(BENCH)}
+    env = {"PYTHONPATH": f"{BENCH}:{BENCH.parent / 'src'}"}
     server = procs.start_server(candidate, cmd, workdir / f"{candidate}.log", env=env, cwd=BENCH)
     try:
         wait_port(port, server)

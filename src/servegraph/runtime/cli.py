@@ -47,6 +47,11 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:  # type: i
         " aiohttp with --frontend-workers); both answer alike",
     )
     p.add_argument(
+        "--grpc-server", choices=["http2", "grpcio"], default=None,
+        help=f"the server under the gRPC API (default {ServerSettings.model_fields['grpc_server'].default};"
+        " grpcio with --frontend-workers); both answer alike",
+    )
+    p.add_argument(
         "--frontend-workers", type=int, default=0,
         help="front-end processes sharing the HTTP and gRPC ports, feeding this process's batcher"
         " through shared memory (0: one process serves everything)",
@@ -61,7 +66,7 @@ def run_serve(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    chosen = {"http_server": args.http_server} if args.http_server else {}
+    chosen = {key: getattr(args, key) for key in ("http_server", "grpc_server") if getattr(args, key)}
     try:
         settings = _settings(args, chosen)
     except ValueError as exc:  # settings that cannot work together: say why, no traceback

@@ -14,6 +14,7 @@ from servegraph.runtime.protocol.datatype_names import DATATYPES
 
 Backend = Literal["python", "onnxruntime"]
 HttpServer = Literal["aiohttp", "uvicorn"]
+GrpcServer = Literal["http2", "grpcio"]
 
 
 class _Strict(BaseModel):
@@ -279,6 +280,14 @@ class ServerSettings(BaseModel):
             " included; the metrics port is aiohttp's either way."
         ),
     )
+    grpc_server: GrpcServer = Field(
+        "http2",
+        description=(
+            "The server under the v2 gRPC API: 'http2' (servegraph's own HTTP/2 connection on the"
+            " server's event loop; about a fifth of grpc.aio's CPU per call) or 'grpcio' (grpc.aio)."
+            " Both answer alike."
+        ),
+    )
     frontend_workers: int = Field(
         0,
         ge=0,
@@ -305,5 +314,10 @@ class ServerSettings(BaseModel):
             raise ValueError(
                 f"http_server '{self.http_server}' does not apply with frontend_workers: the workers"
                 " serve REST on aiohttp; leave http_server out or set it to 'aiohttp'"
+            )
+        if self.frontend_workers and "grpc_server" in self.model_fields_set and self.grpc_server != "grpcio":
+            raise ValueError(
+                f"grpc_server '{self.grpc_server}' does not apply with frontend_workers: the workers"
+                " serve gRPC on grpcio; leave grpc_server out or set it to 'grpcio'"
             )
         return self

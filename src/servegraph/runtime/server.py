@@ -34,6 +34,7 @@ from servegraph.runtime.metrics import ServerMetrics
 from servegraph.runtime.repository.manager import ModelRepository
 from servegraph.runtime.servable import ModelSource
 from servegraph.runtime.servers import grpc as grpc_server
+from servegraph.runtime.servers import grpc_h2
 from servegraph.runtime.servers import rest
 from servegraph.runtime.servers.rest_listeners import RestListener, open_rest
 
@@ -141,7 +142,8 @@ class Server:
             api = await open_rest(s.http_server, self.dataplane, s.host, s.http_port)
             self._listeners.append(api)
             http_port = api.port
-            server, grpc_port = grpc_server.create_server(self.dataplane, f"{s.host}:{s.grpc_port}")
+            create = grpc_h2.create_server if s.grpc_server == "http2" else grpc_server.create_server
+            server, grpc_port = create(self.dataplane, f"{s.host}:{s.grpc_port}")
             await server.start()
             self._grpc = server
         metrics_port = await self._listen(rest.create_metrics_app(self.metrics.render), s.metrics_port)

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 import grpc
 from google.protobuf import json_format
@@ -230,27 +230,42 @@ def _unary(method: Unary, request_type: Any, name: str) -> Unary:
     return handler
 
 
-def _handlers(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
-    """Every RPC the servicer implements, taking raw bytes; the rest answer UNIMPLEMENTED."""
+class Method(NamedTuple):
+    """One RPC as any transport calls it: raw request bytes in (an async iterator of them
+    when ``streaming``), a response message out (an async iterator of them when streaming)."""
+
+    streaming: bool
+    call: Callable[[Any, Any], Any]
+    serialize: Callable[[Any], bytes]
+
+
+def methods(servicer: InferenceServicer) -> dict[str, Method]:
+    """Every RPC the servicer implements, by name; the others are UNIMPLEMENTED."""
     service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
-    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    table: dict[str, Method] = {}
     for method in service.methods:
         if method.name not in vars(InferenceServicer):
-            continue  # shared memory, trace and log settings: grpc answers UNIMPLEMENTED
-        request_type = getattr(pb, method.input_type.name)
+            continue  # shared memory, trace and log settings
         serialize = getattr(pb, method.output_type.name).SerializeToString
         implementation = getattr(servicer, method.name)
         if method.client_streaming:
-            handlers[method.name] = grpc.stream_stream_rpc_method_handler(
-                implementation, request_deserializer=None, response_serializer=serialize
-            )
+            table[method.name] = Method(True, implementation, serialize)
         else:
-            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                _unary(implementation, request_type, method.name),
-                request_deserializer=None,
-                response_serializer=serialize,
-            )
-    return grpc.method_handlers_generic_handler(service.full_name, handlers)
+            request_type = getattr(pb, method.input_type.name)
+            table[method.name] = Method(False, _unary(implementation, request_type, method.name), serialize)
+    return table
+
+
+SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+
+
+def _handlers(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
+    """Every RPC the servicer implements, taking raw bytes; grpc answers the rest UNIMPLEMENTED."""
+    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    for name, method in methods(servicer).items():
+        make = grpc.stream_stream_rpc_method_handler if method.streaming else grpc.unary_unary_rpc_method_handler
+        handlers[name] = make(method.call, request_deserializer=None, response_serializer=method.serialize)
+    return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
 
 
 def create_server(
@@ -278,4 +293,4 @@ def create_server(
     return server, port
 
 
-__all__ = ["InferenceServicer", "create_server"]
+__all__ = ["InferenceServicer", "Method", "create_server", "methods"]
