@@ -361,3 +361,43 @@ async def test_a_stream_keeps_a_bounded_window_of_requests_in_flight(repo: Path,
         finally:
             gate.open()
             await client.close()
+
+
+def test_a_batch_is_priced_by_what_it_cost_not_by_its_waits() -> None:
+    """A CPU-bound model is priced by its thread's CPU time, so time spent waiting for the GIL
+    while another thread runs Python does not count; a model that sleeps (a GPU wait) is priced
+    by its wall time."""
+    import threading
+    import time
+
+    from servegraph.runtime.batching.batcher import _timed_predict
+
+    def spin(_: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        end = time.thread_time() + 0.05
+        while time.thread_time() < end:  # 50 ms of this thread's CPU, whoever holds the GIL
+            pass
+        return {}
+
+    def sleep(_: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        time.sleep(0.05)
+        return {}
+
+    stop = threading.Event()
+
+    def hog() -> None:  # pure Python: takes the GIL whenever the switch interval hands it over
+        while not stop.is_set():
+            sum(range(1000))
+
+    other = threading.Thread(target=hog)
+    other.start()
+    try:
+        wall = time.perf_counter()
+        _, spun = _timed_predict(spin, {})
+        wall = time.perf_counter() - wall
+    finally:
+        stop.set()
+        other.join()
+    assert wall > 0.08, "the competing thread should have taken turns with the model"
+    assert 0.045 <= spun / 1e9 < 0.07
+    _, slept = _timed_predict(sleep, {})
+    assert slept / 1e9 >= 0.045

@@ -126,13 +126,15 @@ def test_a_lone_caller_keeps_its_latency(queued: int) -> None:
     assert plan_batch(POLICY, PEERS_CURVE, 1, 0.0, 0.0, rate, **saturated_args) == Plan(1)
 
 
-def test_an_outlier_does_not_make_a_size_dearer_than_a_bigger_one() -> None:
-    curve = CostCurve({8: 0.004, 11: 0.0106, 12: 0.0044})
-    assert curve.cost(11) == pytest.approx(0.0044)
-    assert curve.cost(8) == pytest.approx(0.004)
-    curve.observe(12, 0.0024)  # the cap follows the bigger size as it learns
-    assert curve.cost(12) == pytest.approx(0.004)
-    assert curve.cost(11) <= curve.cost(12)
+def test_a_size_is_priced_at_what_it_costs_even_when_a_bigger_one_is_cheaper() -> None:
+    """Nothing pads an unbucketed batch, so 3 rows cost what 3 rows measured, not the cheaper
+    4 (single-threaded BLAS: PEERS.md's 2-row batch is dearer than its 4-row one)."""
+    curve = CostCurve({1: 0.0005, 3: 0.0027, 4: 0.0016})
+    assert curve.cost(3) == pytest.approx(0.0027)
+    plan = plan_batch(POLICY, curve, 3, first_arrival=0.0, now=0.0, arrival_rate=0.0)
+    assert plan == Plan(1)  # 1 row at 2,000 rows/s beats 3 at 1,111
+    curve.observe(3, 0.0012)  # what a size costs is learnt from its executions
+    assert curve.cost(3) == pytest.approx(0.0027 + 0.2 * (0.0012 - 0.0027))
 
 
 def test_many_callers_on_a_shared_machine_count_as_saturation() -> None:
@@ -157,3 +159,17 @@ def test_a_saturated_core_waits_for_as_many_rows_as_the_callers_have() -> None:
         POLICY, PEERS_CURVE, 30, first_arrival=0.0, now=now, arrival_rate=1 / FRONTEND,
         frontend_cost=FRONTEND, last_arrival=now, reachable_rows=30, idle_since=now,
     ) == Plan(30)
+
+
+def test_a_cpu_bound_process_waits_for_its_few_callers_rows() -> None:
+    """c=4 on one core: the front end uses 40 % of it and the model the rest. Dispatching the
+    first row alone idles nothing (the front end is decoding the other three meanwhile), so a
+    process using all its CPU waits for the 4-row batch that costs less per row; with CPU to
+    spare the same queue runs at once."""
+    curve = CostCurve({1: 0.0005, 2: 0.0019, 4: 0.0016, 8: 0.0021})
+    now = 0.010
+    common = dict(first_arrival=now, now=now, arrival_rate=1 / FRONTEND, frontend_cost=FRONTEND,
+                  frontend_load=0.4, last_arrival=now, reachable_rows=4, idle_since=now)
+    waiting = plan_batch(POLICY, curve, 1, cpu_bound=True, **common)
+    assert waiting.rows == 0 and waiting.target == 4
+    assert plan_batch(POLICY, curve, 1, cpu_bound=False, **common) == Plan(1)
