@@ -122,7 +122,7 @@ class Stream:
 
     __slots__ = (
         "id", "connection", "handler", "send_window", "recv_window", "closed_remote", "closed_local",
-        "_pending", "_pending_end", "_flushed", "ended",
+        "_pending", "_pending_end", "_flushed", "ended", "_consumed",
     )  # fmt: skip
 
     def __init__(self, stream_id: int, connection: Http2Connection, send_window: int) -> None:
@@ -131,6 +131,7 @@ class Stream:
         self.handler: StreamHandler | None = None
         self.send_window = send_window
         self.recv_window = STREAM_WINDOW
+        self._consumed = 0  # read and passed on, not yet granted back to the client
         self.closed_remote = False
         self.closed_local = False
         self.ended = False
@@ -187,10 +188,15 @@ class Stream:
         connection.stream_done(self)
 
     def grant(self, size: int) -> None:
-        """Let the client send ``size`` more bytes on this stream (it has been consumed)."""
-        if size > 0 and not self.closed_remote and not self.ended:
-            self.recv_window += size
-            self.connection.write(frame(WINDOW_UPDATE, 0, self.id, size.to_bytes(4, "big")))
+        """``size`` more bytes consumed: the client may send them again. Granted once half the
+        window is used, so a small unary request costs no WINDOW_UPDATE at all."""
+        if size <= 0 or self.closed_remote or self.ended:
+            return
+        self._consumed += size
+        if self.recv_window < STREAM_WINDOW // 2:
+            self.recv_window += self._consumed
+            self.connection.write(frame(WINDOW_UPDATE, 0, self.id, self._consumed.to_bytes(4, "big")))
+            self._consumed = 0
 
     def reset_stream(self, code: int) -> None:
         """End the stream with RST_STREAM (a request that cannot be read, a refusal)."""
@@ -255,7 +261,7 @@ class Http2Connection(asyncio.Protocol):
         self.peer_max_frame = DEFAULT_FRAME
         self._recv_window = CONNECTION_WINDOW
         self._recv_consumed = 0
-        self._write_paused = False
+        self._out: list[bytes] = []
         self.going_away = False
         self.idle = asyncio.Event()
         """Set while no stream is open: a graceful close waits for it."""
@@ -322,12 +328,10 @@ class Http2Connection(asyncio.Protocol):
     def pause_writing(self) -> None:
         # The client does not read what we write: stop reading what it sends, so that pings,
         # settings and requests cannot queue answers without bound.
-        self._write_paused = True
         if self.transport is not None:
             self.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        self._write_paused = False
         if self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
 
@@ -554,8 +558,18 @@ class Http2Connection(asyncio.Protocol):
 
     # ---------------------------------------------------------------- writing
     def write(self, data: bytes) -> None:
-        if self.transport is not None:
-            self.transport.write(data)
+        """Queue ``data`` for the socket: everything written in one turn of the event loop
+        goes out in one send (a finished batch answers dozens of streams at once)."""
+        if self.transport is None:
+            return
+        self._out.append(data)
+        if len(self._out) == 1:
+            asyncio.get_running_loop().call_soon(self._send)
+
+    def _send(self) -> None:
+        out, self._out = self._out, []
+        if self.transport is not None and out:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def write_headers(self, stream_id: int, block: bytes, end_stream: bool) -> None:
         """A header block in one HEADERS frame, with CONTINUATIONs past the peer's frame size."""
@@ -640,4 +654,5 @@ class Http2Connection(asyncio.Protocol):
 
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
+            self._send()
             self.transport.close()
