@@ -401,3 +401,47 @@ def test_a_batch_is_priced_by_what_it_cost_not_by_its_waits() -> None:
     assert 0.045 <= spun / 1e9 < 0.07
     _, slept = _timed_predict(sleep, {})
     assert slept / 1e9 >= 0.045
+
+
+TAGGED = '''
+import threading, time
+import numpy as np
+
+
+class Tagged:
+    """OUTPUT is 1 where the batch ran on the main thread (the in-process server's event loop);
+    a negative first input makes the batch slow (2 ms)."""
+
+    def predict(self, inputs):
+        x = inputs["INPUT"]
+        if float(x[0, 0]) < 0:
+            time.sleep(0.002)
+        return {"OUTPUT": np.full_like(x, float(threading.get_ident() == threading.main_thread().ident))}
+'''
+
+
+async def _ran_inline(client: grpcaio.InferenceServerClient, value: float = 1.0) -> bool:
+    result = await client.infer("tagged", [_input(grpcaio, np.full((1, 4), value, np.float32))])
+    return bool(result.as_numpy("OUTPUT")[0, 0] == 1.0)
+
+
+@pytest.mark.parametrize("inline", [True, False], ids=["inline", "inline-off"])
+async def test_a_cheap_model_runs_on_the_event_loop_until_a_batch_is_slow(repo: Path, tmp_path: Path, inline: bool) -> None:
+    """A model measured to cost a few microseconds skips the executor thread's hand-off; one
+    slow batch sends it back to its thread; the config can keep it there for good."""
+    source = tmp_path / "tagged.py"
+    source.write_text(TAGGED)
+    add_model(repo, "tagged", fp32_model_config(inline_predict=inline), source)
+    async with serve(repo) as server:
+        client = grpcaio.InferenceServerClient(grpc_url(server.ports))
+        try:
+            assert not await _ran_inline(client), "the first batch is measured on the model's thread"
+            runs = [await _ran_inline(client) for _ in range(20)]
+            if not inline:
+                assert not any(runs)
+                return
+            assert runs[-1], f"a cheap model should run inline once measured: {runs}"
+            await _ran_inline(client, -1.0)  # a slow batch
+            assert not await _ran_inline(client), "after a slow batch, batches go back to the thread"
+        finally:
+            await client.close()

@@ -185,6 +185,11 @@ class ModelConfig(_Strict):
     instance_group: list[InstanceGroup] = Field(default_factory=lambda: [InstanceGroup()])
     parameters: dict[str, str] = Field(default_factory=dict)
     warmup: bool = Field(True, description="servegraph: run every bucket shape before ready.")
+    inline_predict: bool = Field(
+        True,
+        description="servegraph: run batches measured to cost under 30 µs on the event loop's thread, "
+        "without an executor thread's hand-off; false for a model that may block (I/O without a timeout).",
+    )
     default_model_filename: str = ""
 
     @model_validator(mode="after")

@@ -121,6 +121,9 @@ class DynamicBatcher:
         self._rows_short = 0  # rows still missing from the batch a free instance waits for
         self._running_requests = 0
         self._peak_requests = 0.0  # decaying peak of requests queued + running
+        self._peak_busy = math.inf  # decaying peak of a batch's measured cost, seconds (inf: none yet)
+        self._inline_allowed = config.inline_predict
+        self._inline_cpu = 0.0  # loop-thread CPU seconds spent in inline predicts (not front end)
 
     # ----------------------------------------------------------------- public
     def start(self) -> None:
@@ -412,7 +415,11 @@ class DynamicBatcher:
             batch_rows = real_rows
             merged = batch[0].inputs
         t1 = time.perf_counter_ns()
-        outputs, busy = await loop.run_in_executor(self._executor, _timed_predict, instance.predict, merged)
+        if self._runs_inline(batch_rows):
+            outputs, busy = _timed_predict(instance.predict, merged)
+            self._inline_cpu += busy / 1e9
+        else:
+            outputs, busy = await loop.run_in_executor(self._executor, _timed_predict, instance.predict, merged)
         t2 = time.perf_counter_ns()
         if self._batch_dim:
             unpad = [p.unpad for p in batch] if any(p.unpad for p in batch) else None
@@ -421,6 +428,24 @@ class DynamicBatcher:
             results = [outputs]
         t3 = time.perf_counter_ns()
         return results, batch_rows, (t0, t1, t2, t3, busy)
+
+    def _runs_inline(self, rows: int) -> bool:
+        """Whether a batch of ``rows`` is cheap enough to run on the event loop's thread.
+
+        Handing a batch to an executor thread and back (a futex wake, GIL hand-offs, a loop
+        wake-up) costs the process tens of microseconds of CPU: more than a small model's
+        whole predict. Such a batch runs inline when the cost curve prices it under
+        INLINE_BUDGET and no batch lately cost over INLINE_PEAK, so a model that is sometimes
+        slow (a lazy load, a cache miss) goes back to its thread after one slow batch. A model
+        that may block for long (I/O with no timeout) stalls every request once before that:
+        its config turns this off (``inline_predict: false``).
+        """
+        return (
+            self._inline_allowed
+            and self._peak_busy <= INLINE_PEAK
+            and self.curve.ready()
+            and self.curve.cost(rows) <= INLINE_BUDGET
+        )
 
     def _complete(
         self,
@@ -433,6 +458,7 @@ class DynamicBatcher:
         compute = (t2 - t1) / 1e9
         # The curve learns from the time the model thread was not kept off the CPU by others.
         self.curve.observe(batch_rows, busy / 1e9)
+        self._peak_busy = max(0.0 if self._peak_busy == math.inf else self._peak_busy * PEAK_DECAY, busy / 1e9)
         self._stats.record_execution(batch_rows, len(batch), t1 - t0, t2 - t1, t3 - t2)
         self.metrics.compute_time.observe(compute)
         self.metrics.batch_size.observe(batch_rows)
@@ -457,7 +483,7 @@ class DynamicBatcher:
         The loop thread runs the transports, the codecs and this batcher: everything but the
         model, whose instances run in executor threads.
         """
-        cpu, wall, rows, process = time.thread_time(), time.monotonic(), self._arrived_rows, time.process_time()
+        cpu, wall, rows, process = time.thread_time() - self._inline_cpu, time.monotonic(), self._arrived_rows, time.process_time()
         mark = self._cpu_mark
         self._cpu_mark = (cpu, wall, rows, process)
         if mark is None or rows <= mark[2] or wall <= mark[1]:
@@ -486,6 +512,18 @@ class DynamicBatcher:
         for item in pending:
             if not item.future.done():
                 item.future.set_exception(error)
+
+
+INLINE_BUDGET = 30e-6
+"""Seconds: a batch priced under this runs on the event loop's thread instead of an executor
+thread, whose hand-off alone costs more CPU (measured on the hop benchmark's echo model)."""
+
+INLINE_PEAK = 200e-6
+"""Seconds: the longest a recent batch may have taken for batches to run inline, the worst
+stall an inline batch can cause the event loop once."""
+
+PEAK_DECAY = 0.98
+"""How fast the peak batch cost forgets a slow batch (per batch: about 100 batches)."""
 
 
 class _SchedStat:
