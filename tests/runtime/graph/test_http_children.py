@@ -9,7 +9,10 @@ one the child closed while idle replaced without the caller seeing it; a busy ch
 ``X-Retry-After-Ms`` or ``Retry-After``, 429) passing back 503 with its retry hint and never
 marked down; every other status as the node's matching status naming the child; a child that
 hangs up mid-answer (503, down), one that answers garbage (500), one that never answers (504
-within the caller's deadline).
+within the caller's deadline). The channel alone (``HttpChannel`` against a ``RawHttpChild``):
+a chunked answer in 2,000 packets; bytes past an answer's end, with it or on an idle
+connection, retiring the connection; keep-alive kept or ended (``Connection: close``,
+HTTP/1.0); 1xx answers skipped; malformed status lines; a head over ``MAX_HEAD_BYTES``.
 
 Left out: real servegraph children over HTTP (every other graph test runs with both child
 transports: conftest's ``transport``).
@@ -25,6 +28,8 @@ import numpy as np
 import orjson
 import pytest
 
+from servegraph.runtime.graph import http_channel
+from servegraph.runtime.graph.http_channel import MAX_HEAD_BYTES, HttpChannel, ProtocolViolation, Reply
 from servegraph.runtime.server import Server
 from tests.conftest import eventually, serve_node
 from tests.runtime.graph.helpers import child, graph_node, grpc_client, grpc_input, node_config, rows
@@ -58,15 +63,18 @@ def error_answer(status: int, message: str, extra_headers: str = "") -> bytes:
 class RawHttpChild:
     """An HTTP/1.1 server that answers each request with what ``answer`` returns for it.
 
-    ``answer(head, body)`` gives the bytes to send, or None to hang; ``close_after`` closes
-    the connection once they are sent. Every request's head is kept (``heads``), and every
-    connection counted (``connections``).
+    ``answer(head, body)`` gives the bytes to send (or a list of pieces, each its own write, the
+    loop turning between them so that the node reads them apart), or None to hang;
+    ``close_after`` closes the connection once they are sent. Every request's head is kept
+    (``heads``), every connection counted (``connections``), and ``hung_up`` is set once the
+    node drops one.
     """
 
     def __init__(self) -> None:
         self.heads: list[dict[str, str]] = []
         self.connections = 0
         self.close_after = False
+        self.hung_up = asyncio.Event()
         self.writers: list[asyncio.StreamWriter] = []
         self.answer = lambda head, body: echo_answer(body, int(head["inference-header-content-length"]))
         self.server: asyncio.Server | None = None
@@ -99,12 +107,19 @@ class RawHttpChild:
                 reply = self.answer(head, body)
                 if reply is None:
                     await asyncio.Event().wait()  # hang until the connection goes
-                writer.write(reply)
-                await writer.drain()
+                if isinstance(reply, bytes):
+                    writer.write(reply)
+                    await writer.drain()
+                else:
+                    for piece in reply:
+                        writer.write(piece)
+                        await writer.drain()
+                        await asyncio.sleep(0)  # drain() does not yield while the buffer is empty
                 if self.close_after:
                     writer.close()
                     return
         except (asyncio.IncompleteReadError, ConnectionError):
+            self.hung_up.set()
             writer.close()
 
 
@@ -289,6 +304,170 @@ async def test_a_child_that_never_answers_is_named_in_the_nodes_own_504(kid: tup
         assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert "child 'kid' of node 'n' did not answer within the deadline" in (error.details() or "")
 
+
+# ----------------------------------------------------- the channel on its own, against a raw child
+@pytest.fixture
+async def raw() -> AsyncIterator[RawHttpChild]:
+    """A scripted HTTP child alone, for ``HttpChannel`` without a node around it."""
+    server = RawHttpChild()
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+async def channel(raw: RawHttpChild) -> AsyncIterator[HttpChannel]:
+    channel = HttpChannel(raw.address)
+    try:
+        yield channel
+    finally:
+        channel.close()
+
+
+def plain(body: bytes, version: str = "1.1", extra_headers: str = "") -> bytes:
+    """An answer framed by Content-Length."""
+    return f"HTTP/{version} 200 OK\r\n{extra_headers}Content-Length: {len(body)}\r\n\r\n".encode() + body
+
+
+async def post(channel: HttpChannel) -> Reply:
+    """One small POST, bounded so that a hang fails the test rather than stalling it."""
+    return await asyncio.wait_for(channel.post("/v2/models/m/infer", {}, [b"hello"]), 10)
+
+
+async def test_a_chunked_answer_in_2000_packets_arrives_whole(
+    raw: RawHttpChild, channel: HttpChannel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each chunk is its own write and packet: every piece is read as it comes, and nothing
+    is left over for the next answer."""
+    packets = 0
+    data_received = http_channel._Connection.data_received
+
+    def counting(self: http_channel._Connection, data: bytes) -> None:
+        nonlocal packets
+        packets += 1
+        data_received(self, data)
+
+    monkeypatch.setattr(http_channel._Connection, "data_received", counting)
+    payload = bytes(range(256)) * 40
+    chunks, at = [], 0
+    while at < len(payload):  # sizes 1-9: some chunk-size lines straddle packet boundaries
+        size = 1 + len(chunks) % 9
+        chunks.append(payload[at : at + size])
+        at += size
+    assert len(chunks) >= 2000
+    pieces = [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"]
+    pieces += [b"%x\r\n%s\r\n" % (len(chunk), chunk) for chunk in chunks]
+    pieces.append(b"0\r\n\r\n")
+    raw.answer = lambda head, body: pieces
+    reply = await post(channel)
+    assert reply.status == 200 and reply.body == payload
+    assert packets > 1000  # the answer really came in pieces
+    raw.answer = lambda head, body: plain(b"next")
+    assert (await post(channel)).body == b"next"
+    assert raw.connections == 1
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        plain(b"ok") + plain(b"stale"),
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\nstale",
+        plain(b"ok", extra_headers="Connection: close\r\n") + b"stale",
+    ],
+    ids=["content-length", "chunked", "connection-close"],
+)
+async def test_bytes_past_the_end_of_an_answer_fail_the_call_and_retire_the_connection(
+    raw: RawHttpChild, channel: HttpChannel, answer: bytes
+) -> None:
+    """Kept, the extra bytes would be read as the next request's answer."""
+    raw.answer = lambda head, body: answer  # one write: the extra bytes come with the answer
+    with pytest.raises(ProtocolViolation, match="bytes past the end of the answer"):
+        await post(channel)
+    raw.answer = lambda head, body: plain(b"fresh")
+    assert (await post(channel)).body == b"fresh"
+    assert raw.connections == 2
+
+
+async def test_bytes_on_an_idle_connection_retire_it(raw: RawHttpChild, channel: HttpChannel) -> None:
+    """Bytes after an answer already handed back leave that answer alone, but the connection
+    holding them is closed, never used for the next request."""
+    raw.answer = lambda head, body: plain(b"ok")
+    assert (await post(channel)).body == b"ok"
+    raw.writers[0].write(plain(b"stale"))  # an answer to no request
+    await asyncio.wait_for(raw.hung_up.wait(), 10)
+    assert (await post(channel)).body == b"ok"
+    assert raw.connections == 2
+
+
+@pytest.mark.parametrize(
+    ("version", "headers"), [("1.1", ""), ("1.0", "Connection: keep-alive\r\n")], ids=["http1.1", "http1.0-keep-alive"]
+)
+async def test_a_keep_alive_answer_leaves_its_connection_for_the_next_call(
+    raw: RawHttpChild, channel: HttpChannel, version: str, headers: str
+) -> None:
+    raw.answer = lambda head, body: plain(b"ok", version, headers)
+    for _ in range(3):
+        assert (await post(channel)).body == b"ok"
+    assert raw.connections == 1
+
+
+@pytest.mark.parametrize(
+    ("version", "headers"), [("1.1", "Connection: close\r\n"), ("1.0", "")], ids=["connection-close", "http1.0"]
+)
+async def test_an_answer_that_ends_keep_alive_closes_its_connection(
+    raw: RawHttpChild, channel: HttpChannel, version: str, headers: str
+) -> None:
+    """The child keeps the socket open here, yet the next call must not use it."""
+    raw.answer = lambda head, body: plain(b"ok", version, headers)
+    for _ in range(2):
+        assert (await post(channel)).body == b"ok"
+    assert raw.connections == 2
+
+
+@pytest.mark.parametrize("writes", ["one", "several"])
+async def test_informational_answers_are_skipped_for_the_real_one(
+    raw: RawHttpChild, channel: HttpChannel, writes: str
+) -> None:
+    pieces = [
+        b"HTTP/1.1 100 Continue\r\n\r\n",
+        b"HTTP/1.1 103 Early Hints\r\nLink: </hint>\r\n\r\n",
+        plain(b"ok", extra_headers="X-Answer: real\r\n"),
+    ]
+    raw.answer = lambda head, body: pieces if writes == "several" else b"".join(pieces)
+    reply = await post(channel)
+    assert reply.status == 200 and reply.body == b"ok"
+    assert reply.headers["x-answer"] == "real" and "link" not in reply.headers
+    assert (await post(channel)).body == b"ok"
+    assert raw.connections == 1
+
+
+@pytest.mark.parametrize(
+    "status_line",
+    [b"HTTP/1.1 20 OK", b"HTTP/1.1 200OK", b"HTTP/1.1", b"HTTP/2.0 200 OK", b"ICY 200 OK", b"HTTP/1.1 OK 200"],
+)
+async def test_a_malformed_status_line_is_a_protocol_violation(
+    raw: RawHttpChild, channel: HttpChannel, status_line: bytes
+) -> None:
+    raw.answer = lambda head, body: status_line + b"\r\nContent-Length: 2\r\n\r\nok"
+    with pytest.raises(ProtocolViolation):
+        await post(channel)
+    await asyncio.wait_for(raw.hung_up.wait(), 10)  # and the connection is dropped
+
+
+@pytest.mark.parametrize("writes", ["one", "many"])
+async def test_a_head_over_the_limit_is_a_protocol_violation(
+    raw: RawHttpChild, channel: HttpChannel, writes: str
+) -> None:
+    """Whole in one packet, or a header that never ends in many: llhttp would buffer that
+    one whole before telling of it, so the packets are counted too."""
+    whole = b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * MAX_HEAD_BYTES + b"\r\nContent-Length: 2\r\n\r\nok"
+    endless = b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 2 * MAX_HEAD_BYTES
+    pieces = [endless[i : i + 1024] for i in range(0, len(endless), 1024)]
+    raw.answer = lambda head, body: whole if writes == "one" else pieces
+    with pytest.raises(ProtocolViolation, match=f"answer head over {MAX_HEAD_BYTES} bytes"):
+        await post(channel)
 
 TENSORS = {
     "FP32": np.arange(8, dtype=np.float32).reshape(2, 4),

@@ -7,14 +7,23 @@ Protocol API so that a whole answer arriving in one packet is handled in one eve
 turn: POST with a Content-Length body, an answer framed by Content-Length, chunks or the
 connection's end, keep-alive. One request per connection at a time; idle connections are
 reused last-in first-out, and one closed by the server while idle is replaced.
+
+Answers are read by httptools' ``HttpResponseParser`` (llhttp, Node.js's parser, as in
+uvicorn; already a dependency for the REST server): each packet is fed to it once, so a
+chunked answer in many packets costs time linear in its size, and llhttp, not this module,
+decides what a status line, a header, a Content-Length and a chunk are. A connection is
+reused only when its last answer ended exactly where its framing says and allows keep-alive:
+a byte past the end would be read as the next request's answer. (llhttp skips empty lines
+between answers, so a stray CRLF right after an answer is all it lets through.)
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple, cast
+from typing import NamedTuple, NoReturn, cast
+
+import httptools
 
 MAX_HEAD_BYTES = 64 * 1024
 """Longest status line and headers accepted from a child."""
@@ -25,6 +34,8 @@ MAX_IDLE = 64
 MAX_CONNECTIONS = 256
 """Connections open to one child at once: a burst of calls waits for one (within its
 deadline) rather than opening a socket each."""
+
+_PAST_THE_END = "bytes past the end of the answer"
 
 
 class Reply(NamedTuple):
@@ -43,17 +54,46 @@ class ProtocolViolation(Exception):
     """The child's bytes are not an HTTP/1.1 answer this client can read."""
 
 
+class _Stop(Exception):
+    """Raised in a parser callback to stop llhttp; the reason is in ``_Connection._violation``."""
+
+
 class _Connection(asyncio.Protocol):
-    """One TCP connection; ``request`` sends a request and waits for its whole answer."""
+    """One TCP connection; ``request`` sends a request and waits for its whole answer.
+
+    It is also the callback object of its connection's parser: llhttp calls the ``on_*``
+    methods from inside ``feed_data``. One parser serves the connection's whole life, as the
+    answers are one keep-alive stream; a connection whose parser failed is never reused.
+    """
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.received = False
         """Whether any byte arrived since the current request was sent."""
-        self._buffer = bytearray()
-        self._head: tuple[int, dict[str, str], int] | None = None
+        self._parser = httptools.HttpResponseParser(self)
         self._waiter: asyncio.Future[Reply] | None = None
+        self._headers: dict[str, str] = {}
+        self._body: list[bytes] = []
+        self._head_bytes = 0
+        """Status line and headers of the answer being read, as the callbacks saw them."""
+        self._partial_head = 0
+        """Bytes of the packets that ended inside a head: llhttp buffers a header until it
+        ends, so this bounds a head arriving in many packets before any callback sees it."""
+        self._in_head = False
+        self._in_body = False
+        self._until_eof = False
+        """Whether the answer being read has neither Content-Length nor chunks: it ends with
+        the connection, which llhttp (no finish() in httptools) is never told."""
+        self._keep_alive = False
+        self._reply: Reply | None = None
+        self._violation: str | None = None
+
+    @property
+    def reusable(self) -> bool:
+        """Whether another request may go over this connection: open, and its last answer
+        allowed keep-alive (not ``Connection: close``, not HTTP/1.0 without keep-alive)."""
+        return not self.closed and self._keep_alive
 
     # -------------------------------------------------------------- protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -61,40 +101,96 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.received = True
-        self._buffer += data
         waiter = self._waiter
         if waiter is None or waiter.done():
-            return
-        try:
-            reply = self._parse(eof=False)
-        except Exception as exc:  # whatever the bytes were, the caller gets an answer
-            waiter.set_exception(exc if isinstance(exc, ProtocolViolation) else ProtocolViolation(str(exc)))
+            # Nobody asked for these bytes, or they came after a whole answer: kept, they
+            # would be read as the next request's answer. (An answer already handed back stands.)
             self.close()
             return
-        if reply is not None:
-            waiter.set_result(reply)
+        try:
+            self._parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            if self._violation is None:
+                if self._reply is not None:
+                    self._violation = _PAST_THE_END
+                elif isinstance(exc, httptools.HttpParserUpgrade):
+                    self._violation = f"the answer switches protocols (HTTP {self._parser.get_status_code()})"
+                else:
+                    self._violation = str(exc) or type(exc).__name__
+        if self._violation is None and self._in_head:
+            self._partial_head += len(data)
+            if self._partial_head > MAX_HEAD_BYTES:
+                self._violation = f"answer head over {MAX_HEAD_BYTES} bytes"
+        if self._violation is not None:
+            waiter.set_exception(ProtocolViolation(self._violation))
+            self.close()
+        elif self._reply is not None:
+            waiter.set_result(self._reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         waiter = self._waiter
         if waiter is None or waiter.done():
             return
-        try:
-            reply = self._parse(eof=True)  # an answer framed by the connection's end
-        except Exception as exc:
-            waiter.set_exception(exc if isinstance(exc, ProtocolViolation) else ProtocolViolation(str(exc)))
-            return
-        if reply is not None:
-            waiter.set_result(reply)
+        if self._in_body and self._until_eof:  # an answer framed by the connection's end
+            waiter.set_result(Reply(self._parser.get_status_code(), self._headers, b"".join(self._body)))
         else:
             waiter.set_exception(ChannelClosed(f"connection closed before a whole answer arrived ({exc or 'EOF'})"))
+
+    # ---------------------------------------------------- parser callbacks
+    def on_message_begin(self) -> None:
+        if self._reply is not None:
+            self._stop(_PAST_THE_END)
+        self._headers = {}
+        self._body = []
+        self._head_bytes = 0
+        self._in_head = True
+
+    def on_status(self, reason: bytes) -> None:
+        self._head_bytes += len(reason) + 15  # "HTTP/1.1 200 " and CRLF
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:
+            return  # a trailer, after a chunked body: ignored
+        self._head_bytes += len(name) + len(value) + 4
+        self._headers[name.decode("latin-1").lower()] = value.decode("latin-1").strip()
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._in_body = True
+        self._partial_head = 0
+        if self._head_bytes > MAX_HEAD_BYTES:
+            self._stop(f"answer head over {MAX_HEAD_BYTES} bytes")
+        version = self._parser.get_http_version()
+        if version not in ("1.1", "1.0"):
+            self._stop(f"an HTTP/{version} answer")
+        headers = self._headers
+        self._until_eof = (
+            "content-length" not in headers
+            and headers.get("transfer-encoding", "").rpartition(",")[2].strip().lower() != "chunked"
+        )
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        self._in_body = False
+        status = self._parser.get_status_code()
+        if status < 200:
+            return  # 100 Continue and friends: the real answer follows on this connection
+        self._keep_alive = self._parser.should_keep_alive()  # llhttp forgets it once this returns
+        self._reply = Reply(status, self._headers, b"".join(self._body))
+
+    def _stop(self, violation: str) -> NoReturn:
+        self._violation = violation
+        raise _Stop(violation)  # llhttp stops where it is; feed_data raises a callback error
 
     # --------------------------------------------------------------- request
     async def request(self, parts: Sequence[bytes | memoryview]) -> Reply:
         assert self.transport is not None
         self.received = False
-        self._buffer.clear()
-        self._head = None
+        self._keep_alive = False
+        self._reply = None
         self._waiter = asyncio.get_running_loop().create_future()
         self.transport.writelines(parts)
         try:
@@ -106,71 +202,6 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         if self.transport is not None:
             self.transport.abort()  # no lingering half-read answer on a connection we drop
-
-    # ---------------------------------------------------------------- parsing
-    def _parse(self, eof: bool) -> Reply | None:
-        """The whole answer once it has arrived, else None."""
-        buffer = self._buffer
-        if self._head is None:
-            end = buffer.find(b"\r\n\r\n")
-            if end < 0:
-                if len(buffer) > MAX_HEAD_BYTES:
-                    raise ProtocolViolation(f"answer head over {MAX_HEAD_BYTES} bytes")
-                return None
-            self._head = _head(bytes(buffer[:end]))
-            if self._head[0] < 200:  # 100 Continue and friends: the real answer follows
-                del buffer[: end + 4]
-                self._head = None
-                return self._parse(eof)
-        status, headers, start = self._head
-        length = headers.get("content-length")
-        if length is not None:
-            if not (length.isascii() and length.isdigit()):  # str.isdigit() takes "²"
-                raise ProtocolViolation(f"bad Content-Length {length!r}")
-            stop = start + int(length)
-            return Reply(status, headers, bytes(buffer[start:stop])) if len(buffer) >= stop else None
-        if "chunked" in headers.get("transfer-encoding", "").lower():
-            body = _dechunk(buffer, start)
-            return None if body is None else Reply(status, headers, body)
-        return Reply(status, headers, bytes(buffer[start:])) if eof else None
-
-
-def _head(raw: bytes) -> tuple[int, dict[str, str], int]:
-    """(status, headers, where the body starts) from an answer's head."""
-    lines = raw.decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not re.fullmatch(r"[0-9]{3}", parts[1]):
-        raise ProtocolViolation(f"bad status line {lines[0]!r}")
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if not sep:
-            raise ProtocolViolation(f"bad header line {line!r}")
-        headers[name.strip().lower()] = value.strip()
-    return int(parts[1]), headers, len(raw) + 4
-
-
-def _dechunk(buffer: bytearray, start: int) -> bytes | None:
-    """A chunked body starting at ``start``, or None while incomplete (trailers ignored)."""
-    chunks: list[bytes] = []
-    at = start
-    while True:
-        line_end = buffer.find(b"\r\n", at)
-        if line_end < 0:
-            return None
-        size_text = bytes(buffer[at:line_end]).split(b";", 1)[0].strip()
-        if not re.fullmatch(rb"[0-9A-Fa-f]{1,15}", size_text):  # int(x, 16) also takes -1, 0x1, 1_0
-            raise ProtocolViolation(f"bad chunk size {size_text!r}")
-        size = int(size_text, 16)
-        at = line_end + 2
-        if size == 0:
-            return b"".join(chunks) if buffer.find(b"\r\n\r\n", line_end) >= 0 else None
-        if len(buffer) < at + size + 2:
-            return None
-        if buffer[at + size : at + size + 2] != b"\r\n":
-            raise ProtocolViolation("a chunk does not end where its size says")
-        chunks.append(bytes(buffer[at : at + size]))
-        at += size + 2
 
 
 class HttpChannel:
@@ -225,7 +256,7 @@ class HttpChannel:
             except BaseException:
                 connection.close()
                 raise
-            if reply.headers.get("connection", "").lower() == "close" or len(self._idle) >= MAX_IDLE:
+            if not connection.reusable or len(self._idle) >= MAX_IDLE:
                 connection.close()
             else:
                 self._idle.append(connection)
