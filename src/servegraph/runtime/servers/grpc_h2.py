@@ -339,9 +339,10 @@ class GrpcH2Server:
                 elif key not in _NOT_METADATA:
                     metadata.append((key.decode("latin-1"), _metadata_value(key, value)))
             if not post or not grpc_type:
-                # Not a gRPC call: an HTTP answer, as grpc's own server gives (405 / 415).
-                status = b"405" if not post else b"415"
-                stream.send_headers(http2.encode_headers([(b":status", status)]), end_stream=True)
+                # Not a gRPC call: an HTTP answer, as grpc's own server gives (405 / 415); a 405
+                # names the method allowed (RFC 9110 §15.5.6).
+                answer = [(b":status", b"415")] if post else [(b":status", b"405"), (b"allow", b"POST")]
+                stream.send_headers(http2.encode_headers(answer), end_stream=True)
                 return _IGNORE
             if encoding not in (b"", b"identity", b"gzip", b"deflate"):
                 raise _Refused(grpc.StatusCode.UNIMPLEMENTED, f"Compression algorithm '{encoding.decode('latin-1')}' is not supported")

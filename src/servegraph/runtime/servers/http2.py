@@ -361,7 +361,7 @@ class Http2Connection(asyncio.Protocol):
         elif kind == RST_STREAM:
             if not stream_id or len(payload) != 4:
                 raise Http2Error(PROTOCOL_ERROR if not stream_id else FRAME_SIZE_ERROR, "malformed RST_STREAM")
-            if stream_id > self._last_stream_id:
+            if self._idle(stream_id):
                 raise Http2Error(PROTOCOL_ERROR, f"RST_STREAM on idle stream {stream_id}")
             stream = self.streams.get(stream_id)
             if stream is not None:
@@ -378,6 +378,11 @@ class Http2Connection(asyncio.Protocol):
             raise Http2Error(PROTOCOL_ERROR, "a client cannot push")
         # Unknown frame types are ignored (RFC 9113 §5.5).
 
+    def _idle(self, stream_id: int) -> bool:
+        """A stream never opened (RFC 9113 §5.1): above every one the client opened, or even
+        (ours, and we push nothing). Any frame but HEADERS and PRIORITY on it is a connection error."""
+        return stream_id > self._last_stream_id or not stream_id % 2
+
     @staticmethod
     def _unpad(flags: int, payload: bytes) -> bytes:
         if not flags & PADDED:
@@ -389,7 +394,7 @@ class Http2Connection(asyncio.Protocol):
     def _data(self, flags: int, stream_id: int, payload: bytes) -> None:
         if not stream_id:
             raise Http2Error(PROTOCOL_ERROR, "DATA on stream 0")
-        if stream_id > self._last_stream_id:
+        if self._idle(stream_id):
             raise Http2Error(PROTOCOL_ERROR, f"DATA on idle stream {stream_id}")
         size = len(payload)
         self._recv_window -= size
@@ -414,12 +419,14 @@ class Http2Connection(asyncio.Protocol):
             return
         data = self._unpad(flags, payload)
         handler = stream.handler
+        end_stream = bool(flags & END_STREAM)
+        # Half-closed (remote) before the handler reads the frame: an answer it ends the stream
+        # with now (a refused message) is the stream's last frame, no RST_STREAM after it.
+        stream.closed_remote = end_stream
         if data and handler is not None:
             handler.data_received(data)
-        if flags & END_STREAM and not stream.ended:
-            stream.closed_remote = True
-            if handler is not None:
-                handler.end_received()
+        if end_stream and not stream.ended and handler is not None:
+            handler.end_received()
 
     def _headers(self, flags: int, stream_id: int, payload: bytes) -> None:
         if not stream_id:
@@ -471,9 +478,11 @@ class Http2Connection(asyncio.Protocol):
             return
         self.streams[stream_id] = stream
         self.idle.clear()
+        # A request whole in its headers is half-closed (remote) before the opener sees it: an
+        # answer it gives at once (a refusal) closes the stream, no RST_STREAM after it (§5.1).
+        stream.closed_remote = end_stream
         stream.handler = self._opener(stream, headers)
         if end_stream and not stream.ended:
-            stream.closed_remote = True
             stream.handler.end_received()
 
     def _decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
@@ -544,7 +553,7 @@ class Http2Connection(asyncio.Protocol):
             return
         stream = self.streams.get(stream_id)
         if stream is None:
-            if stream_id > self._last_stream_id:
+            if self._idle(stream_id):
                 raise Http2Error(PROTOCOL_ERROR, f"WINDOW_UPDATE on idle stream {stream_id}")
             return  # a stream that just ended
         if not increment:
