@@ -122,7 +122,6 @@ class DynamicBatcher:
         self._running_requests = 0
         self._peak_requests = 0.0  # decaying peak of requests queued + running
         self._peak_busy = math.inf  # decaying peak of a batch's measured cost, seconds (inf: none yet)
-        self._inline_allowed = config.inline_predict
         self._inline_cpu = 0.0  # loop-thread CPU seconds spent in inline predicts (not front end)
 
     # ----------------------------------------------------------------- public
@@ -416,8 +415,9 @@ class DynamicBatcher:
             merged = batch[0].inputs
         t1 = time.perf_counter_ns()
         if self._runs_inline(batch_rows):
+            cpu = time.thread_time()
             outputs, busy = _timed_predict(instance.predict, merged)
-            self._inline_cpu += busy / 1e9
+            self._inline_cpu += time.thread_time() - cpu
         else:
             outputs, busy = await loop.run_in_executor(self._executor, _timed_predict, instance.predict, merged)
         t2 = time.perf_counter_ns()
@@ -441,7 +441,7 @@ class DynamicBatcher:
         its config turns this off (``inline_predict: false``).
         """
         return (
-            self._inline_allowed
+            self.config.inline_predict
             and self._peak_busy <= INLINE_PEAK
             and self.curve.ready()
             and self.curve.cost(rows) <= INLINE_BUDGET
@@ -481,7 +481,8 @@ class DynamicBatcher:
         it uses), and the whole process's share of the cores it may use.
 
         The loop thread runs the transports, the codecs and this batcher: everything but the
-        model, whose instances run in executor threads.
+        model, whose instances run in executor threads (the CPU of batches run inline on the
+        loop's thread is taken out).
         """
         cpu, wall, rows, process = time.thread_time() - self._inline_cpu, time.monotonic(), self._arrived_rows, time.process_time()
         mark = self._cpu_mark
