@@ -218,6 +218,36 @@ def test_sigterm_stops_the_workers_and_cleans_up(workers_server: ServerProcess) 
     assert not private[0].exists()
 
 
+@pytest.mark.parametrize("grpc_server", ["http2", "grpcio"])
+def test_workers_serve_grpc_on_either_grpc_server(repo: Path, grpc_server: str) -> None:
+    """``--grpc-server`` applies to the workers too: inference runs through a worker, every
+    other RPC is the model process's answer, its errors relayed with their status."""
+    shutil.copytree(EXAMPLES / "add_sub", repo / "add_sub")
+    server = ServerProcess(
+        repo, "--repository-poll-secs", "0", "--frontend-workers", "2", "--grpc-server", grpc_server
+    ).wait_ready()
+    try:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        x = np.arange(16, dtype=np.float32).reshape(1, 16)
+        inputs = []
+        for name in ("INPUT0", "INPUT1"):
+            tensor = grpcclient.InferInput(name, [1, 16], "FP32")
+            tensor.set_data_from_numpy(x)
+            inputs.append(tensor)
+        for _ in range(8):  # new channels: the kernel spreads them over both workers
+            result = grpcclient.InferenceServerClient(server.grpc_url).infer("add_sub", inputs)
+            np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), 2 * x)
+        assert client.get_model_metadata("add_sub").name == "add_sub"
+        assert client.is_server_ready()
+        with pytest.raises(Exception) as raised:
+            client.get_model_metadata("nope")
+        assert raised.value.status() == "StatusCode.NOT_FOUND"  # type: ignore[attr-defined]
+        assert "unknown model: 'nope'" in str(raised.value)
+        assert sum(_metric(server, "servegraph_frontend_requests_total").values()) >= 8
+    finally:
+        assert server.stop() == 0
+
+
 def test_uvicorn_with_frontend_workers_is_refused_not_ignored() -> None:
     """The workers' REST is aiohttp's: asking for uvicorn there is an error that names both
     settings, never a setting accepted and ignored."""

@@ -49,7 +49,7 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:  # type: i
     p.add_argument(
         "--grpc-server", choices=["http2", "grpcio"], default=None,
         help=f"the server under the gRPC API (default {ServerSettings.model_fields['grpc_server'].default};"
-        " grpcio with --frontend-workers); both answer alike",
+        " workers use it too); both answer alike",
     )
     p.add_argument(
         "--frontend-workers", type=int, default=0,

@@ -1,7 +1,7 @@
 """A front-end worker process: the server's HTTP and gRPC ports, shared with its siblings.
 
-It runs the same transports as a single-process server (``servers.rest``, ``servers.grpc``)
-over a ``ForwardingDataPlane``: an inference request is decoded here, its tensors written
+It runs the same transports as a single-process server (``servers.rest`` on aiohttp, and
+``servers.grpc_h2`` or grpc.aio as ``--grpc-server`` says) over a ``ForwardingDataPlane``: an inference request is decoded here, its tensors written
 into shared memory and its descriptor sent to the model process; the answer comes back the
 same way and is encoded here. Every other route and RPC (health, metadata, config,
 statistics, repository, feedback) is proxied unchanged to the model process's private
@@ -38,7 +38,7 @@ from servegraph.runtime.process import exit_now
 from servegraph.runtime.protocol.errors import QueueFull, ShuttingDown
 from servegraph.runtime.protocol.types import InferRequest, InferResponse
 from servegraph.runtime.servers import grpc as grpc_server
-from servegraph.runtime.servers import rest
+from servegraph.runtime.servers import grpc_h2, rest
 
 log = logging.getLogger(__name__)
 
@@ -175,44 +175,57 @@ def http_proxy(session: aiohttp.ClientSession, limit: int) -> Callable[..., Awai
     return proxy
 
 
+def _forward(channel: grpc.aio.Channel, method: str) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]:
+    """An RPC answered by the model process's own gRPC server: raw bytes in, raw bytes out,
+    its status, message and trailing metadata relayed as they are."""
+    call = channel.unary_unary(method)  # no (de)serializers: raw bytes both ways
+
+    async def forward(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        try:
+            answer: bytes = await call(raw, timeout=context.time_remaining())
+            return answer
+        except grpc.aio.AioRpcError as exc:
+            trailing = exc.trailing_metadata()
+            if trailing:
+                context.set_trailing_metadata(tuple(trailing))
+            await context.abort(exc.code(), exc.details() or "")
+            raise AssertionError("unreachable") from None  # context.abort raises
+
+    return forward
+
+
+def _proxied() -> list[str]:
+    """Every unary RPC of the service but inference, as ``/package.Service/Method``."""
+    return [
+        f"/{_SERVICE.full_name}/{method.name}"
+        for method in _SERVICE.methods
+        if not method.client_streaming and not method.server_streaming and f"/{_SERVICE.full_name}/{method.name}" not in INFER_RPCS
+    ]
+
+
+def forwarded_methods(channel: grpc.aio.Channel) -> dict[str, grpc_server.Method]:
+    """The proxied RPCs as methods of our own HTTP/2 gRPC server (``--grpc-server http2``)."""
+    return {
+        path.rpartition("/")[2]: grpc_server.Method(False, _forward(channel, path), bytes)
+        for path in _proxied()
+    }
+
+
 class RpcProxy(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc's aio stubs are partial
-    """Every RPC but inference is answered by the model process's own gRPC server."""
+    """Every RPC but inference is answered by the model process (``--grpc-server grpcio``)."""
 
     def __init__(self, channel: grpc.aio.Channel) -> None:
-        self._handlers = {
-            f"/{_SERVICE.full_name}/{method.name}": grpc.unary_unary_rpc_method_handler(
-                self._forward(channel, f"/{_SERVICE.full_name}/{method.name}")
-            )
-            for method in _SERVICE.methods
-            if not method.client_streaming and not method.server_streaming
-        }
-
-    @staticmethod
-    def _forward(channel: grpc.aio.Channel, method: str) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]:
-        call = channel.unary_unary(method)  # no (de)serializers: raw bytes both ways
-
-        async def forward(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
-            try:
-                answer: bytes = await call(raw, timeout=context.time_remaining())
-                return answer
-            except grpc.aio.AioRpcError as exc:
-                trailing = exc.trailing_metadata()
-                if trailing:
-                    context.set_trailing_metadata(tuple(trailing))
-                await context.abort(exc.code(), exc.details() or "")
-                raise AssertionError("unreachable") from None  # context.abort raises
-
-        return forward
+        self._handlers = {path: grpc.unary_unary_rpc_method_handler(_forward(channel, path)) for path in _proxied()}
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        method = handler_call_details.method
-        if method in INFER_RPCS or method not in self._handlers:
+        handler = self._handlers.get(handler_call_details.method)
+        if handler is None:
             return await continuation(handler_call_details)
-        return self._handlers[method]
+        return handler
 
 
 async def serve(config: WorkerConfig) -> int:
@@ -237,9 +250,12 @@ async def serve(config: WorkerConfig) -> int:
         config.private_grpc,
         options=[("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)],
     )
-    server, _ = grpc_server.create_server(
-        dataplane, f"{s.host}:{config.grpc_port}", reuse_port=True, interceptors=[RpcProxy(channel)]
-    )
+    address = f"{s.host}:{config.grpc_port}"
+    server: grpc_h2.GrpcH2Server | grpc.aio.Server
+    if s.grpc_server == "http2":
+        server, _ = grpc_h2.create_server(dataplane, address, reuse_port=True, overrides=forwarded_methods(channel))
+    else:
+        server, _ = grpc_server.create_server(dataplane, address, reuse_port=True, interceptors=[RpcProxy(channel)])
     await server.start()
     model.sender.send((link.HELLO, os.getpid()))
     await model.sender.drain()

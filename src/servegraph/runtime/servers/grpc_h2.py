@@ -17,7 +17,7 @@ import re
 import socket
 import time
 import zlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
 import grpc
@@ -302,11 +302,12 @@ def _metadata_value(key: bytes, value: bytes) -> Any:
 class GrpcH2Server:
     """The gRPC service on one TCP port; ``start``/``stop(grace)`` as grpc.aio's server."""
 
-    def __init__(self, dataplane: DataPlane, sock: socket.socket) -> None:
+    def __init__(self, dataplane: DataPlane, sock: socket.socket, overrides: Mapping[str, Method] | None = None) -> None:
+        """``overrides``: methods by name served instead of the servicer's (a front-end worker
+        forwards every RPC but inference to the model process)."""
         self.max_message = dataplane.settings.max_request_bytes
-        self._methods = {
-            f"/{SERVICE_NAME}/{name}".encode(): method for name, method in methods(InferenceServicer(dataplane)).items()
-        }
+        table = {**methods(InferenceServicer(dataplane)), **(overrides or {})}
+        self._methods = {f"/{SERVICE_NAME}/{name}".encode(): method for name, method in table.items()}
         self._socket = sock
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[http2.Http2Connection] = set()
@@ -396,10 +397,15 @@ def _bind(address: str, reuse_port: bool) -> socket.socket:
     return sock
 
 
-def create_server(dataplane: DataPlane, address: str, *, reuse_port: bool = False) -> tuple[GrpcH2Server, int]:
-    """The server bound to ``address`` (``host:port``, port 0 for any); returns it with its port."""
+def create_server(
+    dataplane: DataPlane, address: str, *, reuse_port: bool = False, overrides: Mapping[str, Method] | None = None
+) -> tuple[GrpcH2Server, int]:
+    """The server bound to ``address`` (``host:port``, port 0 for any); returns it with its port.
+
+    ``reuse_port`` lets front-end workers share one port; ``overrides`` replaces methods by name.
+    """
     sock = _bind(address, reuse_port)
-    return GrpcH2Server(dataplane, sock), int(sock.getsockname()[1])
+    return GrpcH2Server(dataplane, sock, overrides), int(sock.getsockname()[1])
 
 
 __all__ = ["GrpcH2Server", "create_server"]
