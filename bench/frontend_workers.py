@@ -8,6 +8,14 @@ median of its rounds. Reuses run.py's target runner, the load generator and the 
 
     python bench/frontend_workers.py                                  # N=0,1,2, gRPC + HTTP binary
     python bench/frontend_workers.py --workers 0,4,8 --server-cores 8 --rounds 3
+    python bench/frontend_workers.py --model mlp-torch --workers 0,2,4,8 --server-cores 10 \
+        --client-procs 6 --connections 8 --concurrency 64,256    # a GPU node: the front end is the limit
+
+One load generator (tritonclient aio on one core, one gRPC connection) saturates long before
+several workers do, and SO_REUSEPORT spreads connections, not calls: ``--client-procs K``
+runs K load generators at once (each c/K callers over ``--connections`` connections, all
+measuring the same window); a cell sums their rows/s, takes the median of their p50s and
+the worst of their p99s.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import statistics
 import sys
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -28,7 +37,9 @@ sys.path.insert(0, str(BENCH))
 import procs  # noqa: E402
 import run  # noqa: E402
 from report import Measured, RunResult, render  # noqa: E402
-from targets import Launch, Ports, Target, prepare_servegraph  # noqa: E402
+from targets import Launch, Ports, Target, prepare_servegraph, prepare_servegraph_torch  # noqa: E402
+
+MODELS = {"mlp": prepare_servegraph, "mlp-torch": prepare_servegraph_torch}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -40,6 +51,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per cell")
     p.add_argument("--rounds", type=int, default=1, help="interleaved rounds; cells show medians")
     p.add_argument("--server-cores", type=int, default=1, help="cores for the server; the client gets the rest")
+    p.add_argument("--model", choices=sorted(MODELS), default="mlp", help="mlp (numpy) or mlp-torch (PyTorch, the GPU if any)")
+    p.add_argument("--client-procs", type=int, default=1, help="load generators run at once per cell")
+    p.add_argument("--connections", type=int, default=1, help="connections per load generator")
     p.add_argument("--output", type=Path, default=BENCH / "results" / "frontend_workers.md")
     args = p.parse_args(argv)
     args.workers = [int(n) for n in args.workers.split(",")]
@@ -58,12 +72,46 @@ def pin(server_cores: int) -> None:
     procs.CLIENT_CORE = str(server_cores) if server_cores == last else f"{server_cores}-{last}"
 
 
-def target(workers: int) -> Target:
+def target(workers: int, model: str = "mlp") -> Target:
     def prepare(workdir: Path, ports: Ports) -> Launch:
-        launch = prepare_servegraph(workdir, ports)
+        launch = MODELS[model](workdir, ports)
         return dataclasses.replace(launch, cmd=[*launch.cmd, "--frontend-workers", str(workers)])
 
-    return Target(f"servegraph-fw{workers}", f"servegraph, --frontend-workers {workers}", prepare)
+    return Target(f"servegraph-fw{workers}", f"servegraph ({model}), --frontend-workers {workers}", prepare)
+
+
+def drive_many(target: Target, protocol: str, ports: Ports, server_pid: int, args: argparse.Namespace) -> dict:
+    """``args.client_procs`` load generators at once, one concurrency at a time, the same
+    measuring window (``start_at``); their cells merged into one."""
+    cells = []
+    check: dict = {"ok": True, "detail": ""}
+    for concurrency in args.concurrency:
+        share = [concurrency // args.client_procs + (i < concurrency % args.client_procs) for i in range(args.client_procs)]
+        spec = {
+            "protocol": protocol, "http_port": ports.http, "grpc_port": ports.grpc, "seconds": args.seconds,
+            "warmup": args.warmup, "server_pid": server_pid, "http_headers": target.http_headers,
+            "connections": args.connections, "start_at": time.time() + 3.0 + 0.2 * args.client_procs,
+        }  # fmt: skip
+        specs = [{**spec, "concurrencies": [c]} for c in share if c > 0]
+        with ThreadPoolExecutor(len(specs)) as pool:
+            outs = list(pool.map(lambda s: procs.run_loadgen(s, timeout=args.seconds + args.warmup + 60), specs))
+        failed = [o["check"] for o in outs if not o["check"]["ok"]]
+        if failed:
+            return {"check": failed[0], "cells": []}
+        check = outs[0]["check"]
+        parts = [o["cells"][0] for o in outs]
+        cells.append({
+            "concurrency": concurrency,
+            "rows_per_s": sum(p["rows_per_s"] for p in parts),
+            "p50_ms": statistics.median(p["p50_ms"] for p in parts),
+            "p99_ms": max(p["p99_ms"] for p in parts),
+            "requests": sum(p["requests"] for p in parts),
+            "errors": sum(p["errors"] for p in parts),
+            "client_cpu": sum(p["client_cpu"] for p in parts),
+            "server_cpu": statistics.median(p["server_cpu"] for p in parts),
+            "first_error": next((p["first_error"] for p in parts if p["first_error"]), ""),
+        })  # fmt: skip
+    return {"check": check, "cells": cells}
 
 
 def medians(rounds: list[RunResult], settings: str) -> RunResult:
@@ -99,11 +147,15 @@ def main(argv: list[str] | None = None) -> int:
             result = RunResult(settings="")
             order = args.workers[number % len(args.workers) :] + args.workers[: number % len(args.workers)]
             for workers in order:
-                run.bench_target(target(workers), args, result)
+                driver = drive_many if args.client_procs > 1 or args.connections > 1 else run.drive
+                run.bench_target(target(workers, args.model), args, result, driver)
             rounds.append(result)
     finally:
         procs.stop_all()
-    settings = run.settings_line(args) + f" · server on {args.server_cores} core(s) · median of {args.rounds} round(s)."
+    settings = run.settings_line(args) + (
+        f" · server on {args.server_cores} core(s) · model {args.model} · {args.client_procs} load generator(s)"
+        f" × {args.connections} connection(s) · median of {args.rounds} round(s)."
+    )
     text = render(medians(rounds, settings), args.concurrency)
     text += f"\nWhole run: {time.monotonic() - started:.0f} s.\n"
     print(text)

@@ -43,6 +43,12 @@ class LoadSpec:
     model: str = MODEL_NAME
     requests: int = 0
     """When > 0: each concurrency sends exactly this many requests (no warm-up, no clock)."""
+    connections: int = 1
+    """Clients (gRPC channels: one HTTP/2 connection each) the workers share round-robin; a
+    server whose front-end workers share a port (SO_REUSEPORT) spreads connections, not calls."""
+    start_at: float = 0.0
+    """When > 0: the wall-clock time (``time.time()``) the first cell's warm-up starts, so
+    several load generators started together measure the same window."""
 
 
 @dataclass
@@ -74,7 +80,15 @@ class Client:
         if spec.protocol == "grpc":
             import tritonclient.grpc.aio as grpcclient
 
-            self._client: Any = grpcclient.InferenceServerClient(f"127.0.0.1:{spec.grpc_port}")
+            # Channels to one address share one connection unless each keeps its own subchannels.
+            separate = [
+                ("grpc.max_send_message_length", 2**31 - 1),
+                ("grpc.max_receive_message_length", 2**31 - 1),
+                ("grpc.use_local_subchannel_pool", 1),
+            ]
+            self._client: Any = grpcclient.InferenceServerClient(
+                f"127.0.0.1:{spec.grpc_port}", channel_args=separate if spec.connections > 1 else None
+            )
             inp = grpcclient.InferInput(INPUT_NAME, list(payload.shape), "FP32")
             inp.set_data_from_numpy(payload)
             self._inputs = [inp]
@@ -145,17 +159,19 @@ async def check(client: Client, payload: np.ndarray, expected: np.ndarray) -> Ch
     return Check(True, f"max abs error {err:.2g}")
 
 
-async def measure(client: Client, spec: LoadSpec, concurrency: int) -> Cell:
+async def measure(clients: list[Client], spec: LoadSpec, concurrency: int) -> Cell:
     """Closed loop at ``concurrency`` for warm-up + ``spec.seconds``."""
     # perf_counter, not loop.time(): uvloop's clock has millisecond resolution.
     now = time.perf_counter
+    if spec.start_at:
+        await asyncio.sleep(max(0.0, spec.start_at - time.time()))
     start = now() + spec.warmup
     end = start + spec.seconds
     latencies: list[float] = []
     errors = 0
     first_error = ""
 
-    async def worker() -> None:
+    async def worker(client: Client) -> None:
         nonlocal errors, first_error
         while (t0 := now()) < end:
             try:
@@ -179,7 +195,7 @@ async def measure(client: Client, spec: LoadSpec, concurrency: int) -> Cell:
         return (c1 - c0) / wall, (s1 - s0) / wall
 
     sampler = asyncio.create_task(sample_cpu())
-    workers = [asyncio.create_task(worker()) for _ in range(concurrency)]
+    workers = [asyncio.create_task(worker(clients[i % len(clients)])) for i in range(concurrency)]
     client_cpu, server_cpu = await sampler
     _, pending = await asyncio.wait(workers, timeout=DRAIN_TIMEOUT_S)
     for task in pending:
@@ -198,7 +214,7 @@ async def measure(client: Client, spec: LoadSpec, concurrency: int) -> Cell:
     )
 
 
-async def measure_count(client: Client, spec: LoadSpec, concurrency: int) -> Cell:
+async def measure_count(clients: list[Client], spec: LoadSpec, concurrency: int) -> Cell:
     """Closed loop at ``concurrency`` until ``spec.requests`` requests have been answered."""
     now = time.perf_counter
     latencies: list[float] = []
@@ -206,7 +222,7 @@ async def measure_count(client: Client, spec: LoadSpec, concurrency: int) -> Cel
     first_error = ""
     issued = 0
 
-    async def worker() -> None:
+    async def worker(client: Client) -> None:
         nonlocal errors, first_error, issued
         while issued < spec.requests:
             issued += 1
@@ -220,7 +236,7 @@ async def measure_count(client: Client, spec: LoadSpec, concurrency: int) -> Cel
             latencies.append(now() - t0)
 
     c0, s0, w0 = time.process_time(), tree_cpu_seconds(spec.server_pid), now()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await asyncio.gather(*(worker(clients[i % len(clients)]) for i in range(concurrency)))
     c1, s1, w1 = time.process_time(), tree_cpu_seconds(spec.server_pid), now()
     wall = max(w1 - w0, 1e-9)
     lat = np.array(latencies) * 1e3 if latencies else np.array([np.nan])
@@ -241,19 +257,20 @@ async def run(spec: LoadSpec) -> dict[str, Any]:
     """Check once, then measure each concurrency."""
     payload = sample_input(1)
     expected = MLP()(payload)
-    client = Client(spec, payload)
+    clients = [Client(spec, payload) for _ in range(max(spec.connections, 1))]
     try:
-        result = await check(client, payload, expected)
+        result = await check(clients[0], payload, expected)
         cells: list[Cell] = []
         if result.ok:
             for c in spec.concurrencies:
                 if spec.requests > 0:
-                    cells.append(await measure_count(client, spec, c))
+                    cells.append(await measure_count(clients, spec, c))
                 else:
-                    cells.append(await measure(client, spec, c))
+                    cells.append(await measure(clients, spec, c))
         return {"check": asdict(result), "cells": [asdict(c) for c in cells]}
     finally:
-        await client.close()
+        for client in clients:
+            await client.close()
 
 
 def main() -> None:

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from servegraph.ports import free_port
@@ -114,8 +115,11 @@ def drive(target: Target, protocol: str, ports: Ports, server_pid: int, args: ar
     return procs.run_loadgen(spec, timeout=budget)
 
 
-def bench_target(target: Target, args: argparse.Namespace, result: RunResult) -> None:
-    """Start one target, check and time each of its protocols, always stop it."""
+def bench_target(
+    target: Target, args: argparse.Namespace, result: RunResult, driver: Callable[..., dict] | None = None
+) -> None:
+    """Start one target, check and time each of its protocols, always stop it (``driver``:
+    how to load it, ``drive`` by default)."""
     protocols = [p for p in args.protocols if p in target.protocols]
     for protocol in args.protocols:
         if protocol in target.unsupported:
@@ -142,7 +146,7 @@ def bench_target(target: Target, args: argparse.Namespace, result: RunResult) ->
             for protocol in protocols:
                 key = f"{target.name}/{protocol}"
                 try:
-                    out = drive(target, protocol, ports, proc.pid, args)
+                    out = (driver or drive)(target, protocol, ports, proc.pid, args)
                 except Exception as exc:  # one protocol failing must not stop the others
                     result.problems[key] = f"{type(exc).__name__}: {exc}"[:400]
                     log(f"{key}: {result.problems[key]}")

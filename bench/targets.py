@@ -107,6 +107,14 @@ def prepare_servegraph(workdir: Path, ports: Ports) -> Launch:
     return _servegraph_cmd(repo, ports)
 
 
+def prepare_servegraph_torch(workdir: Path, ports: Ports) -> Launch:
+    """examples/models/mlp's config with the MLP on PyTorch (bench/peers/mlp_torch_model.py),
+    on the GPU when there is one: needs torch in the interpreter that runs the bench."""
+    launch = prepare_servegraph(workdir, ports)
+    shutil.copyfile(PEER_CODE / "mlp_torch_model.py", workdir / "repo" / "mlp" / "1" / "model.py")
+    return launch
+
+
 def prepare_servegraph_aiohttp(workdir: Path, ports: Ports) -> Launch:
     """examples/models/mlp as it is, its REST API on aiohttp instead of uvicorn."""
     launch = prepare_servegraph(workdir, ports)
