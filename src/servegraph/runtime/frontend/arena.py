@@ -15,7 +15,7 @@ import mmap
 import os
 import weakref
 from collections import deque
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -23,9 +23,8 @@ ALIGN = 64
 _FIXED_SIZE_KINDS = frozenset("biufc")
 
 
-@dataclass(frozen=True, slots=True)
-class TensorRef:
-    """Where one tensor lies in the mapping."""
+class TensorRef(NamedTuple):
+    """Where one tensor lies in the mapping (a tuple: it pickles as cheaply as one)."""
 
     offset: int
     dtype: str

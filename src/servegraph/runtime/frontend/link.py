@@ -2,10 +2,12 @@
 
 Each message is a length-prefixed pickle of a small tuple; tensors lie in the worker's
 ``SlotArena`` and the message says where. Both ends are our own processes from one
-executable, so pickle is safe here (nothing else can reach the socket pair).
+executable, so pickle is safe here (nothing else can reach the socket pair). Requests and
+answers travel as tuples of their fields (``request_fields`` / ``rebuild_request``): a
+slotted dataclass pickles through ``copyreg`` at about 10 µs each way, a tuple in about 1.
 
-Worker -> model process: ``(HELLO, pid)``, ``(INFER, rid, slot, request, inputs)``,
-``(CANCEL, rid)``. Model process -> worker: ``(ANSWER, rid, response, outputs)``,
+Worker -> model process: ``(HELLO, pid)``, ``(INFER, rid, slot, request fields, inputs)``,
+``(CANCEL, rid)``. Model process -> worker: ``(ANSWER, rid, response fields, outputs)``,
 ``(FAILED, rid, error)``, ``(CANCELLED, rid)``.
 """
 
@@ -17,6 +19,7 @@ import struct
 from typing import Any
 
 from servegraph.runtime.protocol import errors
+from servegraph.runtime.protocol.types import InferRequest, InferResponse, RequestedOutput
 
 HELLO, INFER, CANCEL, ANSWER, FAILED, CANCELLED = range(6)
 _LENGTH = struct.Struct("!I")
@@ -55,6 +58,77 @@ async def receive(reader: asyncio.StreamReader) -> tuple[Any, ...] | None:
     except (asyncio.IncompleteReadError, ConnectionError):
         return None
     return message
+
+
+class Receiver:
+    """Reads messages in bulk: every message a read brought, for one wake-up (a busy sender
+    writes a loop turn's messages at once), instead of two awaits per message."""
+
+    def __init__(self, reader: asyncio.StreamReader, chunk: int = 1 << 18) -> None:
+        self.reader = reader
+        self.chunk = chunk
+        self._buffer = bytearray()
+        self._unread: list[tuple[Any, ...]] = []
+
+    def unread(self, messages: list[tuple[Any, ...]]) -> None:
+        """Give messages back: the next ``receive`` returns them first."""
+        self._unread = messages + self._unread
+
+    async def receive(self) -> list[tuple[Any, ...]] | None:
+        """The messages that have arrived (at least one), or None when the other end has gone."""
+        if self._unread:
+            unread, self._unread = self._unread, []
+            return unread
+        buffer = self._buffer
+        messages: list[tuple[Any, ...]] = []
+        while not messages:
+            try:
+                data = await self.reader.read(self.chunk)
+            except ConnectionError:
+                return None
+            if not data:
+                return None
+            buffer += data
+            start, size = 0, len(buffer)
+            with memoryview(buffer) as view:  # released before the buffer shrinks
+                while size - start >= _LENGTH.size:
+                    (length,) = _LENGTH.unpack_from(view, start)
+                    end = start + _LENGTH.size + length
+                    if end > size:
+                        break
+                    messages.append(pickle.loads(view[start + _LENGTH.size : end]))
+                    start = end
+            del buffer[:start]
+        return messages
+
+
+def request_fields(request: InferRequest, headers: dict[str, str]) -> tuple[Any, ...]:
+    """A request without its tensors (and with ``headers`` for its own), as a tuple of plain
+    values: cheap to pickle."""
+    outputs = None if request.outputs is None else [(o.name, o.binary, o.parameters) for o in request.outputs]
+    return (
+        request.model_name, request.model_version, request.datatypes, request.id, outputs, request.parameters,
+        request.input_parameters, request.deadline, request.binary_output_default, headers,
+    )  # fmt: skip
+
+
+def rebuild_request(fields: tuple[Any, ...], inputs: dict[str, Any]) -> InferRequest:
+    name, version, datatypes, rid, outputs, parameters, input_parameters, deadline, binary, headers = fields
+    return InferRequest(
+        name, version, inputs, datatypes, rid,
+        None if outputs is None else [RequestedOutput(*o) for o in outputs],
+        parameters, input_parameters, deadline, binary, headers,
+    )  # fmt: skip
+
+
+def response_fields(response: InferResponse) -> tuple[Any, ...]:
+    """An answer without its tensors, as a tuple of plain values."""
+    return response.model_name, response.model_version, response.datatypes, response.id, response.parameters
+
+
+def rebuild_response(fields: tuple[Any, ...], outputs: dict[str, Any]) -> InferResponse:
+    name, version, datatypes, rid, parameters = fields
+    return InferResponse(name, version, outputs, datatypes, rid, parameters)
 
 
 ErrorDescriptor = tuple[list[str], str, float]

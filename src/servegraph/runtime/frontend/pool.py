@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import functools
 import logging
 import os
@@ -34,7 +33,6 @@ from servegraph.runtime.frontend.arena import Carried, SlotArena
 from servegraph.runtime.frontend.config import WorkerConfig
 from servegraph.runtime.metrics import ServerMetrics
 from servegraph.runtime.protocol.errors import ServegraphError
-from servegraph.runtime.protocol.types import InferRequest
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +65,7 @@ class _Worker:
     index: int
     process: asyncio.subprocess.Process
     arena: SlotArena
-    reader: asyncio.StreamReader
+    receiver: link.Receiver
     sender: link.Sender
     requests: Any
     tasks: dict[int, asyncio.Task[None]] = field(default_factory=dict)
@@ -152,11 +150,15 @@ class FrontendPool:
         finally:
             theirs.close()
         reader, writer = await asyncio.open_unix_connection(sock=ours)
-        worker = _Worker(index, process, arena, reader, link.Sender(writer), self._requests.labels(worker=str(index)))
+        receiver = link.Receiver(reader)
+        worker = _Worker(index, process, arena, receiver, link.Sender(writer), self._requests.labels(worker=str(index)))
         try:
-            hello = await asyncio.wait_for(link.receive(reader), START_TIMEOUT_S)
+            first = await asyncio.wait_for(receiver.receive(), START_TIMEOUT_S)
         except asyncio.TimeoutError:
-            hello = None
+            first = None
+        hello = first[0] if first else None
+        if first:
+            receiver.unread(first[1:])  # requests may follow the greeting in the same read
         if hello is None or hello[0] != link.HELLO:
             await self._bury(worker)
             raise RuntimeError(f"front-end worker {index} did not start (exit status {process.returncode})")
@@ -173,16 +175,17 @@ class FrontendPool:
         """Run the worker's requests until its link closes; then restart it or fail."""
         loop = asyncio.get_running_loop()
         try:
-            while (message := await link.receive(worker.reader)) is not None:
-                if message[0] == link.INFER:
-                    _, rid, slot, request, inputs = message
-                    task = loop.create_task(self._infer(worker, rid, slot, request, inputs))
-                    worker.tasks[rid] = task
-                    task.add_done_callback(functools.partial(_finished, worker, rid))
-                elif message[0] == link.CANCEL:
-                    running = worker.tasks.get(message[1])
-                    if running is not None:
-                        running.cancel()
+            while (messages := await worker.receiver.receive()) is not None:
+                for message in messages:
+                    if message[0] == link.INFER:
+                        _, rid, slot, fields, inputs = message
+                        task = loop.create_task(self._infer(worker, rid, slot, fields, inputs))
+                        worker.tasks[rid] = task
+                        task.add_done_callback(functools.partial(_finished, worker, rid))
+                    elif message[0] == link.CANCEL:
+                        running = worker.tasks.get(message[1])
+                        if running is not None:
+                            running.cancel()
         except Exception:  # an unreadable message: the link is as good as gone
             log.exception("front-end worker %d: its link failed; restarting it", worker.index)
             if worker.process.returncode is None:
@@ -210,14 +213,13 @@ class FrontendPool:
         except Exception as exc:
             self.on_failure(f"front-end worker {worker.index} died and could not be restarted: {exc}")
 
-    async def _infer(self, worker: _Worker, rid: int, slot: int | None, request: InferRequest, inputs: Carried) -> None:
+    async def _infer(self, worker: _Worker, rid: int, slot: int | None, fields: tuple[Any, ...], inputs: Carried) -> None:
         worker.requests.inc()
         message: tuple[Any, ...]
         try:
-            request.inputs = worker.arena.view(inputs)
-            response = await self.dataplane.infer(request)
+            response = await self.dataplane.infer(link.rebuild_request(fields, worker.arena.view(inputs)))
             outputs = worker.arena.put(slot, True, response.outputs)
-            message = (link.ANSWER, rid, dataclasses.replace(response, outputs={}), outputs)
+            message = (link.ANSWER, rid, link.response_fields(response), outputs)
         except asyncio.CancelledError:
             message = (link.CANCELLED, rid)
         except ServegraphError as exc:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import dataclasses
 import logging
 import os
 import signal
@@ -61,7 +60,7 @@ class ModelLink:
         max_inflight: int,
         forward_headers: bool,
     ) -> None:
-        self.reader = reader
+        self.receiver = link.Receiver(reader)
         self.sender = link.Sender(writer)
         self.arena = arena
         self.max_inflight = max_inflight
@@ -88,11 +87,10 @@ class ModelLink:
                 self.arena.release(slot)
             raise
         headers = {k.lower(): v for k, v in request.headers.items()} if self.forward_headers else {}
-        shell = dataclasses.replace(request, inputs={}, headers=headers)
         answer: asyncio.Future[tuple[Any, ...]] = asyncio.get_running_loop().create_future()
         self._pending[rid] = (answer, slot)
         self.idle.clear()
-        self.sender.send((link.INFER, rid, slot, shell, inputs))
+        self.sender.send((link.INFER, rid, slot, link.request_fields(request, headers), inputs))
         try:
             await self.sender.drain()
             message = await answer
@@ -105,27 +103,26 @@ class ModelLink:
                 self.sender.send((link.CANCEL, rid))
             raise
         if message[0] == link.ANSWER:
-            response: InferResponse = message[2]
-            response.outputs = self.arena.take(slot, message[3])
-            return response
+            return link.rebuild_response(message[2], self.arena.take(slot, message[3]))
         if slot is not None:
             self.arena.release(slot)
         raise link.rebuild_error(message[2])
 
     async def run(self) -> None:
         """Deliver answers until the model process goes; then fail what still waits."""
-        while (message := await link.receive(self.reader)) is not None:
-            entry = self._pending.pop(message[1], None)
+        while (messages := await self.receiver.receive()) is not None:
+            for message in messages:
+                entry = self._pending.pop(message[1], None)
+                if entry is None:
+                    continue
+                answer, slot = entry
+                if answer.done():  # cancelled by its caller: the slot is free again now
+                    if slot is not None:
+                        self.arena.release(slot)
+                else:
+                    answer.set_result(message)
             if not self._pending:
                 self.idle.set()
-            if entry is None:
-                continue
-            answer, slot = entry
-            if answer.done():  # cancelled by its caller: the slot is free again now
-                if slot is not None:
-                    self.arena.release(slot)
-            else:
-                answer.set_result(message)
         self.closed = True
         gone = (link.FAILED, -1, link.describe_error(ShuttingDown("the model process has gone")))
         for answer, _ in self._pending.values():
