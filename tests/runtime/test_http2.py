@@ -432,6 +432,41 @@ async def test_continuation_flood_is_cut_at_the_header_limit(port: int) -> None:
     await assert_serves(port)
 
 
+@pytest.mark.parametrize("size", [0, 1], ids=["empty", "one-byte"])
+async def test_continuation_flood_of_tiny_frames_is_cut_at_the_frame_limit(port: int, size: int) -> None:
+    """HEADERS without END_HEADERS, then 1,000 empty (or one-byte) CONTINUATIONs: far under
+    the header list limit in bytes, so only a bound on the frames of one block cuts them off
+    (the 2024 CONTINUATION flood advisories): GOAWAY ENHANCE_YOUR_CALM, the stream never opened."""
+    async with connected(port) as client:
+        block = client.encoder.encode(client.grpc_fields(f"{SERVICE}/ServerLive"))
+        client.send(HeadersFrame(1, block), *(ContinuationFrame(1, b"\x00" * size) for _ in range(1000)))
+        frames = await client.until_closed()
+    goaway = goaway_of(frames)
+    assert goaway.error_code == ENHANCE_YOUR_CALM
+    assert goaway.last_stream_id == 0
+    assert not [f for f in frames if isinstance(f, Headers)], frames
+    await assert_serves(port)
+
+
+async def test_header_block_in_many_continuations_is_served(port: int) -> None:
+    """The frame limit is generous: a block cut into 32 pieces (8 times what nghttp2 allows) is
+    an ordinary call."""
+    async with connected(port) as client:
+        block = client.encoder.encode(client.grpc_fields(f"{SERVICE}/ServerLive"), huffman=False)
+        cuts = [len(block) * i // 32 for i in range(33)]
+        chunks = [block[a:b] for a, b in zip(cuts, cuts[1:])]
+        assert len(chunks) == 32 and all(chunks)
+        client.send(
+            HeadersFrame(1, chunks[0]),
+            *(ContinuationFrame(1, c) for c in chunks[1:-1]),
+            ContinuationFrame(1, chunks[-1], flags=["END_HEADERS"]),
+            DataFrame(1, framed(pb.ServerLiveRequest().SerializeToString()), flags=["END_STREAM"]),
+        )
+        reply = await client.response(1)
+        assert reply.grpc_status == OK, reply
+        assert pb.ServerLiveResponse.FromString(reply.messages()[0]).live is True
+
+
 async def test_hpack_bomb_is_cut_at_the_header_list_limit(port: int) -> None:
     """A small block that decodes to a huge header list (one 4 KB entry of the dynamic table,
     referenced again and again): GOAWAY ENHANCE_YOUR_CALM, nothing served."""

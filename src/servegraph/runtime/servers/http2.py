@@ -8,9 +8,9 @@ no server push, priorities ignored. Our header blocks never use the dynamic tabl
 is stateless bytes (``encode_headers``).
 
 Guards against what RFC 9113 and the 2019/2023/2024 HTTP/2 advisories list: a header block
-is bounded (CONTINUATION floods), streams per connection are bounded, a reset stream's work
-is cancelled at once (rapid reset), reading stops while the peer does not read what we
-write (PING/SETTINGS reflection), every window and frame size is checked.
+is bounded in bytes and in frames (CONTINUATION floods), streams per connection are bounded,
+a reset stream's work is cancelled at once (rapid reset), reading stops while the peer does
+not read what we write (PING/SETTINGS reflection), every window and frame size is checked.
 """
 
 from __future__ import annotations
@@ -54,6 +54,12 @@ MAX_FRAME = 1 << 20
 """Largest frame we accept (advertised): fewer, larger DATA frames for big tensors."""
 MAX_HEADER_BLOCK = 64 << 10
 """Largest header block, CONTINUATIONs included, and largest decoded header list."""
+MAX_CONTINUATIONS = 64
+"""CONTINUATION frames one header block may have. The byte limit above does not stop a flood
+of empty (or one-byte) CONTINUATIONs, each costing a frame's parsing while the block never
+ends (the 2024 "CONTINUATION flood" advisories); nghttp2 cuts at 8. Our largest block cut at
+the smallest frame size a client may assume (16 KiB) needs 3; 64 still lets a client cut it
+into 1 KiB pieces (``MAX_HEADER_BLOCK // 1024``)."""
 
 
 class Http2Error(Exception):
@@ -254,6 +260,7 @@ class Http2Connection(asyncio.Protocol):
         self._block_stream = 0  # a header block still open (CONTINUATIONs to come) on this stream
         self._block = bytearray()
         self._block_flags = 0
+        self._continuations = 0  # CONTINUATION frames of the open header block so far
         self.send_window = DEFAULT_WINDOW
         self.blocked: set[Stream] = set()
         """Streams with data the windows held back: flushed on WINDOW_UPDATE and SETTINGS."""
@@ -442,6 +449,7 @@ class Http2Connection(asyncio.Protocol):
         else:
             self._block_stream = stream_id
             self._block = bytearray(payload)
+            self._continuations = 0
 
     def _continuation(self, flags: int, stream_id: int, payload: bytes) -> None:
         if not self._block_stream:
@@ -449,6 +457,9 @@ class Http2Connection(asyncio.Protocol):
         self._block += payload
         if len(self._block) > MAX_HEADER_BLOCK:
             raise Http2Error(ENHANCE_YOUR_CALM, f"a header block is over {MAX_HEADER_BLOCK} bytes")
+        self._continuations += 1
+        if self._continuations > MAX_CONTINUATIONS:
+            raise Http2Error(ENHANCE_YOUR_CALM, f"a header block is in over {MAX_CONTINUATIONS} CONTINUATION frames")
         if flags & END_HEADERS:
             block = bytes(self._block)
             self._block_stream, self._block = 0, bytearray()
