@@ -5,8 +5,9 @@ here a small client built on ``hyperframe`` (frames) and ``hpack`` (header block
 a hostile or unusual peer sends, frame by frame, and checks the answers RFC 9113 and gRPC's
 HTTP/2 protocol (PROTOCOL-HTTP2.md) call for: the connection preface, PING, CONTINUATION
 floods and HPACK bombs, rapid reset, the stream limit, stream and connection flow control,
-message size limits, unknown methods, non-gRPC requests, bad ``grpc-timeout`` and
-``grpc-encoding`` headers, and frames on streams where they must not be.
+frames in flight on a stream the server reset, message size limits, unknown methods,
+non-gRPC requests, bad ``grpc-timeout`` and ``grpc-encoding`` headers, and frames on
+streams where they must not be.
 
 No sleeps: "the server sent nothing more" is checked with a PING whose ACK comes back after
 everything the server had written before it read the PING (``H2.barrier``). Every read has
@@ -44,6 +45,7 @@ from hyperframe.frame import (
 from tritonclient.grpc import service_pb2 as pb
 
 from servegraph.runtime.server import Server
+from servegraph.runtime.servers import http2
 from servegraph.runtime.servers.grpc_h2 import GrpcH2Server
 from tests.conftest import add_model, serve
 
@@ -597,6 +599,89 @@ async def test_connection_flow_control_holds_the_answer_to_the_window(port: int)
     response = pb.ModelInferResponse.FromString(message)
     assert list(response.outputs[0].shape) == [1, BIG]
     assert response.raw_output_contents[0] == np.full(BIG, 2.5, np.float32).tobytes()
+
+
+# ---------------------------------------------------------------------------- streams the server reset
+
+
+def too_large_prefix() -> bytes:
+    """The length prefix of a message over ``max_request_bytes``: the server answers
+    RESOURCE_EXHAUSTED as soon as it reads it, then RST_STREAM NO_ERROR (§8.1) when the
+    request has not ended."""
+    return framed(bytes(MAX_REQUEST + 1))[:5]
+
+
+async def reset_by_the_server(client: H2, how: str) -> tuple[int, int]:
+    """A ModelInfer stream the server resets, still open on the client's side: its id and the
+    RST_STREAM's code, read before returning."""
+    stream_id = client.new_stream()
+    client.send(client.headers_frame(stream_id, client.grpc_fields(f"{SERVICE}/ModelInfer")))
+    if how == "answered-early":
+        client.send(DataFrame(stream_id, too_large_prefix()))
+        code = NO_ERROR
+    else:  # a message still coming (4,000 bytes announced), then DATA one byte past the stream's window
+        window = client.server_settings[SettingsFrame.INITIAL_WINDOW_SIZE]
+        client.send(DataFrame(stream_id, framed(bytes(4000))[:5]), DataFrame(stream_id, bytes(window - 4)))
+        code = FLOW_CONTROL_ERROR
+    seen = await client.barrier()
+    assert [(f.stream_id, f.error_code) for f in resets(seen)] == [(stream_id, code)], seen
+    return stream_id, code
+
+
+@pytest.mark.parametrize("how", ["answered-early", "flow-control"])
+async def test_frames_in_flight_on_a_stream_the_server_reset_are_ignored(port: int, how: str) -> None:
+    """RFC 9113 §5.1: when the server's RST_STREAM reaches it, the client may still have DATA,
+    trailers and WINDOW_UPDATE in flight on the stream. They are ignored: no RST_STREAM back,
+    no GOAWAY. The trailers are still decoded: a header they put in the HPACK table is then
+    referenced by the next call's headers, which must decode."""
+    async with connected(port) as client:
+        stream_id, _ = await reset_by_the_server(client, how)
+        client.send(
+            DataFrame(stream_id, b"more of the body"),
+            client.headers_frame(stream_id, [("x-in-flight", "trailers")], end_stream=True),
+            WindowUpdateFrame(stream_id, 1000),
+        )
+        seen = await client.barrier()
+        assert [f for f in seen if f.stream_id == stream_id or isinstance(f, GoAwayFrame)] == [], seen
+        reply = await client.call("ServerLive", b"", [("x-in-flight", "trailers")])  # an indexed field now
+        assert reply.grpc_status == OK, reply
+
+
+async def test_streams_the_server_reset_are_remembered_up_to_a_bound(port: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The streams the server reset are remembered for their frames in flight, the newest
+    ``RESET_MEMORY`` (made 2 here) only: DATA on an older one is on a closed stream again
+    (RST_STREAM STREAM_CLOSED, the connection carries on)."""
+    monkeypatch.setattr(http2, "RESET_MEMORY", 2)
+    async with connected(port) as client:
+        ids = [(await reset_by_the_server(client, "answered-early"))[0] for _ in range(3)]
+        client.send(*(DataFrame(i, b"late") for i in ids))
+        seen = await client.barrier()
+        assert [(f.stream_id, f.error_code) for f in resets(seen)] == [(ids[0], STREAM_CLOSED)], seen
+        await assert_live(client)
+
+
+async def test_data_on_streams_the_server_reset_counts_against_the_connection_window(port: int) -> None:
+    """RFC 9113 §6.9: DATA ignored on a stream the server reset still counts against the
+    connection's window, so it is granted back as any other: a client that spends the whole
+    connection window (16 streams of 1 MiB) on such streams is never owed more than half of it."""
+    async with connected(port) as client:
+        grant = await client.read()  # the server's connection WINDOW_UPDATE, right after its SETTINGS
+        assert isinstance(grant, WindowUpdateFrame) and grant.stream_id == 0, grant
+        window = 65_535 + grant.window_increment
+        per_stream = client.server_settings[SettingsFrame.INITIAL_WINDOW_SIZE]
+        assert window % per_stream == 0
+        ids = [client.new_stream() for _ in range(window // per_stream)]
+        fields = client.grpc_fields(f"{SERVICE}/ModelInfer")
+        client.send(*(f for i in ids for f in (client.headers_frame(i, fields), DataFrame(i, too_large_prefix()))))
+        seen = await client.barrier()
+        assert sorted((f.stream_id, f.error_code) for f in resets(seen)) == [(i, NO_ERROR) for i in ids], seen
+        # The rest of each stream's window, sent on the reset streams: the connection's window in all.
+        client.send(*(DataFrame(i, bytes(per_stream - 5)) for i in ids))
+        seen = await client.barrier()
+        assert [f for f in seen if isinstance(f, (GoAwayFrame, RstStreamFrame))] == [], seen
+        granted = sum(f.window_increment for f in seen if isinstance(f, WindowUpdateFrame) and f.stream_id == 0)
+        assert window - granted < window // 2, (window, granted)
+        await assert_live(client)
 
 
 # ---------------------------------------------------------------------------- gRPC errors

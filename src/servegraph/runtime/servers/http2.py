@@ -46,6 +46,13 @@ DEFAULT_FRAME = 16_384
 
 MAX_CONCURRENT_STREAMS = 1024
 """Streams open at once on one connection; past it a new stream is refused (REFUSED_STREAM)."""
+RESET_MEMORY = MAX_CONCURRENT_STREAMS
+"""Streams we sent RST_STREAM on that a connection remembers (the newest): what the client
+had in flight on them when our reset reached it is ignored (RFC 9113 §5.1), not taken for a
+frame on a closed stream. As many as may be open at once, so a client that had every stream
+in flight when we reset them all is covered, in about 64 KiB at most per connection.
+Past it the oldest is forgotten, as §5.1 allows: DATA on it gets RST_STREAM STREAM_CLOSED,
+a header block a connection error."""
 STREAM_WINDOW = 1 << 20
 """What a client may send on one stream before we grant more (the gRPC layer grants as it reads)."""
 CONNECTION_WINDOW = 16 << 20
@@ -207,7 +214,7 @@ class Stream:
     def reset_stream(self, code: int) -> None:
         """End the stream with RST_STREAM (a request that cannot be read, a refusal)."""
         if not self.ended:
-            self.connection.write(frame(RST_STREAM, 0, self.id, code.to_bytes(4, "big")))
+            self.connection.write_reset(self.id, code)
             self.closed_local = self.closed_remote = True
             self.connection.stream_done(self)
 
@@ -261,6 +268,8 @@ class Http2Connection(asyncio.Protocol):
         self._block = bytearray()
         self._block_flags = 0
         self._continuations = 0  # CONTINUATION frames of the open header block so far
+        self._reset_ids: dict[int, None] = {}
+        """Streams we sent RST_STREAM on, oldest first (``RESET_MEMORY`` of them): ignored."""
         self.send_window = DEFAULT_WINDOW
         self.blocked: set[Stream] = set()
         """Streams with data the windows held back: flushed on WINDOW_UPDATE and SETTINGS."""
@@ -414,9 +423,11 @@ class Http2Connection(asyncio.Protocol):
             self._recv_consumed = 0
         stream = self.streams.get(stream_id)
         if stream is None or stream.closed_remote:
-            # Reset by us or by the client in the meantime (or already half-closed): not an error of the connection.
+            # Reset by us or by the client in the meantime (or already half-closed): not an error
+            # of the connection. In flight when we reset it: counted above (§6.9), else ignored.
             if stream is None:
-                self.write(frame(RST_STREAM, 0, stream_id, STREAM_CLOSED.to_bytes(4, "big")))
+                if stream_id not in self._reset_ids:  # not remembered: would push out one we reset
+                    self.write(frame(RST_STREAM, 0, stream_id, STREAM_CLOSED.to_bytes(4, "big")))
             else:
                 self._reset(stream, STREAM_CLOSED)
             return
@@ -478,6 +489,8 @@ class Http2Connection(asyncio.Protocol):
             if stream.handler is not None:
                 stream.handler.end_received()
             return
+        if stream_id in self._reset_ids:
+            return  # trailers in flight when we reset the stream: decoded above (the table), ignored
         if stream_id % 2 == 0 or stream_id <= self._last_stream_id:
             raise Http2Error(PROTOCOL_ERROR, f"stream {stream_id} cannot be opened by the client now")
         self._last_stream_id = stream_id
@@ -604,6 +617,14 @@ class Http2Connection(asyncio.Protocol):
         out.append(frame(CONTINUATION, END_HEADERS, stream_id, chunks[-1]))
         self.write(b"".join(out))
 
+    def write_reset(self, stream_id: int, code: int) -> None:
+        """RST_STREAM, the stream remembered so that what the client still sends on it is ignored."""
+        self.write(frame(RST_STREAM, 0, stream_id, code.to_bytes(4, "big")))
+        reset = self._reset_ids
+        reset[stream_id] = None
+        if len(reset) > RESET_MEMORY:
+            del reset[next(iter(reset))]
+
     def write_data(self, stream: Stream, data: bytes | memoryview) -> int:
         """DATA frames for as much of ``data`` as the windows and frame size allow; the count written."""
         allowed = min(len(data), stream.send_window, self.send_window)
@@ -630,7 +651,7 @@ class Http2Connection(asyncio.Protocol):
         without an error (RFC 9113 §8.1: a complete response before the whole request)."""
         if not stream.closed_remote:
             stream.closed_remote = True
-            self.write(frame(RST_STREAM, 0, stream.id, NO_ERROR.to_bytes(4, "big")))
+            self.write_reset(stream.id, NO_ERROR)
         self._forget(stream)
 
     def _reset(self, stream: Stream, code: int) -> None:
