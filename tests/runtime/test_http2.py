@@ -5,9 +5,9 @@ here a small client built on ``hyperframe`` (frames) and ``hpack`` (header block
 a hostile or unusual peer sends, frame by frame, and checks the answers RFC 9113 and gRPC's
 HTTP/2 protocol (PROTOCOL-HTTP2.md) call for: the connection preface, PING, CONTINUATION
 floods and HPACK bombs, rapid reset, the stream limit, stream and connection flow control,
-frames in flight on a stream the server reset, message size limits, unknown methods,
-non-gRPC requests, bad ``grpc-timeout`` and ``grpc-encoding`` headers, and frames on
-streams where they must not be.
+malformed request headers and trailers, frames in flight on a stream the server reset,
+message size limits, unknown methods, non-gRPC requests, bad ``grpc-timeout`` and
+``grpc-encoding`` headers, and frames on streams where they must not be.
 
 No sleeps: "the server sent nothing more" is checked with a PING whose ACK comes back after
 everything the server had written before it read the PING (``H2.barrier``). Every read has
@@ -599,6 +599,99 @@ async def test_connection_flow_control_holds_the_answer_to_the_window(port: int)
     response = pb.ModelInferResponse.FromString(message)
     assert list(response.outputs[0].shape) == [1, BIG]
     assert response.raw_output_contents[0] == np.full(BIG, 2.5, np.float32).tobytes()
+
+
+# ---------------------------------------------------------------------------- malformed header blocks
+
+
+def request_fields(change: dict[str, str | None] | None = None, extra: Iterable[tuple[str, str]] = ()) -> list[tuple[str, str]]:
+    """A ServerLive call's header list with the fields in ``change`` replaced (None: left out),
+    then ``extra``."""
+    change = change or {}
+    fields = [(k, change.get(k, v)) for k, v in H2.grpc_fields(f"{SERVICE}/ServerLive")]
+    return [(k, v) for k, v in fields if v is not None] + list(extra)
+
+
+MALFORMED_REQUESTS = {
+    # RFC 9113 §8.2.1: field names are lowercase.
+    "uppercase-name": request_fields(extra=[("X-Custom", "v")]),
+    "uppercase-pseudo-header": [(":Path", f"{SERVICE}/ServerLive"), *request_fields({":path": None})],
+    # §8.2.2: connection-specific fields, and te other than "trailers".
+    **{f"{name}-field": request_fields(extra=[(name, value)]) for name, value in [
+        ("connection", "keep-alive"), ("keep-alive", "timeout=5"), ("proxy-connection", "keep-alive"),
+        ("transfer-encoding", "chunked"), ("upgrade", "h2c"),
+    ]},  # fmt: skip
+    "te-gzip": request_fields({"te": "gzip"}),
+    "te-trailers-and-more": request_fields({"te": "trailers, deflate"}),
+    # §8.3: pseudo-headers first, each once, only a request's, :method :scheme :path all there.
+    "pseudo-header-after-regular": request_fields({":authority": None}, [(":authority", "127.0.0.1")]),
+    "duplicated-pseudo-header": [(":path", f"{SERVICE}/ServerLive"), *request_fields()],
+    "unknown-pseudo-header": [(":protocol", "websocket"), *request_fields()],
+    "response-pseudo-header": [(":status", "200"), *request_fields()],
+    "no-method": request_fields({":method": None}),
+    "no-scheme": request_fields({":scheme": None}),
+    "no-path": request_fields({":path": None}),
+    "empty-path": request_fields({":path": ""}),
+    # §8.5: CONNECT names an :authority, and no :scheme or :path.
+    "connect-with-a-path": request_fields({":method": "CONNECT"}),
+}
+
+
+@pytest.mark.parametrize("fields", list(MALFORMED_REQUESTS.values()), ids=list(MALFORMED_REQUESTS))
+async def test_malformed_request_headers_are_a_stream_error(port: int, fields: list[tuple[str, str]]) -> None:
+    """RFC 9113 §8.1.1: a malformed request is a stream error, RST_STREAM PROTOCOL_ERROR, not
+    answered; its body (already sent) is ignored, and the connection carries on."""
+    async with connected(port) as client:
+        stream_id = client.new_stream()
+        client.send(
+            client.headers_frame(stream_id, fields),
+            DataFrame(stream_id, framed(pb.ServerLiveRequest().SerializeToString()), flags=["END_STREAM"]),
+        )
+        seen = await client.barrier()
+        assert [(f.stream_id, f.error_code) for f in resets(seen)] == [(stream_id, PROTOCOL_ERROR)], seen
+        assert [f for f in seen if isinstance(f, (Headers, DataFrame, GoAwayFrame))] == [], seen
+        await assert_live(client)
+
+
+async def test_well_formed_connect_request_is_not_malformed(port: int) -> None:
+    """CONNECT with only :method and :authority is well formed (§8.5): not a gRPC call, so
+    answered 405, as any method but POST."""
+    async with connected(port) as client:
+        stream_id = client.new_stream()
+        fields = [(":method", "CONNECT"), (":authority", "127.0.0.1:443"), ("content-type", "application/grpc")]
+        client.send(client.headers_frame(stream_id, fields, end_stream=True))
+        reply = await client.response(stream_id)
+        assert reply.reset is None and reply.headers is not None and reply.headers[":status"] == "405", reply
+
+
+@pytest.mark.parametrize(
+    "trailers",
+    [
+        pytest.param([(":path", f"{SERVICE}/ServerLive")], id="request-pseudo-header"),
+        pytest.param([(":status", "200")], id="response-pseudo-header"),
+        pytest.param([("X-Trailer", "v")], id="uppercase-name"),
+        pytest.param([("transfer-encoding", "chunked")], id="connection-specific"),
+    ],
+)
+async def test_malformed_trailers_are_a_stream_error(port: int, trailers: list[tuple[str, str]]) -> None:
+    """Trailers carry no pseudo-headers (RFC 9113 §8.1) and follow §8.2 as any field block:
+    RST_STREAM PROTOCOL_ERROR, the call not answered."""
+    async with connected(port) as client:
+        stream_id = client.request("ServerLive", framed(pb.ServerLiveRequest().SerializeToString()), end_stream=False)
+        client.send(client.headers_frame(stream_id, trailers, end_stream=True))
+        seen = await client.barrier()
+        assert [(f.stream_id, f.error_code) for f in resets(seen)] == [(stream_id, PROTOCOL_ERROR)], seen
+        assert [f for f in seen if isinstance(f, (Headers, DataFrame, GoAwayFrame))] == [], seen
+        await assert_live(client)
+
+
+async def test_well_formed_trailers_end_the_request(port: int) -> None:
+    async with connected(port) as client:
+        stream_id = client.request("ServerLive", framed(pb.ServerLiveRequest().SerializeToString()), end_stream=False)
+        client.send(client.headers_frame(stream_id, [("x-trailer", "v"), ("te", "trailers")], end_stream=True))
+        reply = await client.response(stream_id)
+        assert reply.grpc_status == OK, reply
+        assert pb.ServerLiveResponse.FromString(reply.messages()[0]).live is True
 
 
 # ---------------------------------------------------------------------------- streams the server reset

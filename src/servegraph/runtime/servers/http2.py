@@ -69,6 +69,15 @@ the smallest frame size a client may assume (16 KiB) needs 3; 64 still lets a cl
 into 1 KiB pieces (``MAX_HEADER_BLOCK // 1024``)."""
 
 
+REQUEST_PSEUDO_HEADERS = frozenset((b":method", b":scheme", b":path", b":authority"))
+"""The pseudo-headers a request may carry (RFC 9113 §8.3.1): ``:protocol`` needs
+SETTINGS_ENABLE_CONNECT_PROTOCOL, which we do not send, and ``:status`` is a response's."""
+CONNECTION_SPECIFIC = frozenset(
+    (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"te")
+)
+"""Fields HTTP/2 forbids (RFC 9113 §8.2.2), and ``te``, allowed with the value ``trailers`` only."""
+
+
 class Http2Error(Exception):
     """The connection cannot go on: GOAWAY with ``code``, then close."""
 
@@ -126,8 +135,49 @@ class StreamHandler(Protocol):
         """The stream is gone (the client reset it, or the connection closed): stop its work."""
 
 
+def malformed(headers: list[tuple[bytes, bytes]], trailers: bool = False) -> str | None:
+    """Why a request's header list (or its ``trailers``) is malformed, RFC 9113 §8.2-8.3, or
+    None: a stream error (§8.1.1). One pass of cheap tests, and only once per distinct header
+    block (``Http2Connection._decode`` keeps the answer with the decoded list)."""
+    pseudo: list[bytes] = []  # the pseudo-headers seen, at most 4
+    method = None
+    regular = False
+    for name, value in headers:
+        if name[:1] == b":":
+            if trailers:
+                return f"pseudo-header {name!r} in trailers"
+            if regular:
+                return f"pseudo-header {name!r} after a regular field"
+            if name not in REQUEST_PSEUDO_HEADERS:
+                return f"{name!r} is not a request pseudo-header"
+            if name in pseudo:
+                return f"{name!r} twice"
+            pseudo.append(name)
+            if name == b":method":
+                method = value
+            elif name == b":path" and not value:
+                return "an empty :path"
+            continue
+        regular = True
+        if not name.islower() and name != name.lower():  # islower: False too for a name without letters
+            return f"an uppercase field name {name!r}"
+        if name in CONNECTION_SPECIFIC and (name != b"te" or value != b"trailers"):
+            return f"a connection-specific field {name!r}"
+    if trailers:
+        return None
+    if method == b"CONNECT":  # §8.5: :authority, and neither :scheme nor :path
+        if b":authority" not in pseudo or b":scheme" in pseudo or b":path" in pseudo:
+            return "a CONNECT request needs :authority and no :scheme or :path"
+    elif not method or b":scheme" not in pseudo or b":path" not in pseudo:
+        return "a request needs :method, :scheme and :path"
+    return None
+
+
+Decoded = tuple[list[tuple[bytes, bytes]], str | None]
+"""A header block's header list, and why it is malformed as a request (or None)."""
 Opener = Callable[["Stream", list[tuple[bytes, bytes]]], StreamHandler]
-"""Called with each new stream and its request headers; returns its handler."""
+"""Called with each new stream and its request headers (well-formed: ``malformed``); returns
+its handler."""
 
 
 class Stream:
@@ -261,7 +311,7 @@ class Http2Connection(asyncio.Protocol):
         self._preface_seen = False
         self._settings_seen = False
         self._decoder = hpack.Decoder(max_header_list_size=MAX_HEADER_BLOCK)
-        self._decoded: dict[bytes, tuple[int, list[tuple[bytes, bytes]]]] = {}
+        self._decoded: dict[bytes, tuple[int, Decoded]] = {}
         self._table_generation = 0
         self._last_stream_id = 0
         self._block_stream = 0  # a header block still open (CONTINUATIONs to come) on this stream
@@ -479,12 +529,17 @@ class Http2Connection(asyncio.Protocol):
     def _header_block(self, stream_id: int, block: bytes) -> None:
         if len(block) > MAX_HEADER_BLOCK:
             raise Http2Error(ENHANCE_YOUR_CALM, f"a header block is over {MAX_HEADER_BLOCK} bytes")
-        headers = self._decode(block)
+        headers, problem = self._decode(block)
         end_stream = bool(self._block_flags & END_STREAM)
         stream = self.streams.get(stream_id)
         if stream is not None:  # trailers from the client: they must end the stream
             if not end_stream or stream.closed_remote:
                 raise Http2Error(PROTOCOL_ERROR, f"a second header block on stream {stream_id} without END_STREAM")
+            problem = malformed(headers, trailers=True)
+            if problem is not None:
+                log.debug("HTTP/2 stream %d reset: %s", stream_id, problem)
+                self._reset(stream, PROTOCOL_ERROR)
+                return
             stream.closed_remote = True
             if stream.handler is not None:
                 stream.handler.end_received()
@@ -497,6 +552,10 @@ class Http2Connection(asyncio.Protocol):
         if self.going_away:
             return  # past our GOAWAY: ignored, the client retries elsewhere
         stream = Stream(stream_id, self, self._peer_initial_window)
+        if problem is not None:  # a malformed request: a stream error (§8.1.1); its DATA is ignored
+            log.debug("HTTP/2 stream %d reset: %s", stream_id, problem)
+            stream.reset_stream(PROTOCOL_ERROR)
+            return
         if len(self.streams) >= MAX_CONCURRENT_STREAMS:
             stream.reset_stream(REFUSED_STREAM)
             return
@@ -509,11 +568,12 @@ class Http2Connection(asyncio.Protocol):
         if end_stream and not stream.ended:
             stream.handler.end_received()
 
-    def _decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
-        """The header list of ``block``; decoded even for a stream we refuse (the table is the
-        connection's). A client repeats the same block for the same call once its headers are
-        in the dynamic table, so a block that left the table as it was is remembered, keyed
-        by the table's generation (any change to the table makes every cached entry stale)."""
+    def _decode(self, block: bytes) -> Decoded:
+        """The header list of ``block``, and why it is malformed as a request (``malformed``)
+        or None; decoded even for a stream we refuse (the table is the connection's). A client
+        repeats the same block for the same call once its headers are in the dynamic table, so
+        a block that left the table as it was is remembered, with its verdict, keyed by the
+        table's generation (any change to the table makes every cached entry stale)."""
         cached = self._decoded.get(block)
         if cached is not None and cached[0] == self._table_generation:
             return cached[1]
@@ -527,13 +587,14 @@ class Http2Connection(asyncio.Protocol):
             raise Http2Error(ENHANCE_YOUR_CALM, f"a header list is over {MAX_HEADER_BLOCK} bytes") from None
         except hpack.HPACKError as exc:
             raise Http2Error(COMPRESSION_ERROR, f"undecodable header block: {exc}") from None
+        decoded = headers, malformed(headers)
         if len(entries) != size or table.maxsize != maxsize or (entries[0] if entries else None) is not newest:
             self._table_generation += 1
         elif len(block) <= 1024:
             if len(self._decoded) >= 256:
                 self._decoded.clear()
-            self._decoded[block] = (self._table_generation, headers)
-        return headers
+            self._decoded[block] = (self._table_generation, decoded)
+        return decoded
 
     def _settings(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id:
