@@ -5,6 +5,7 @@ here a small client built on ``hyperframe`` (frames) and ``hpack`` (header block
 a hostile or unusual peer sends, frame by frame, and checks the answers RFC 9113 and gRPC's
 HTTP/2 protocol (PROTOCOL-HTTP2.md) call for: the connection preface, PING, CONTINUATION
 floods and HPACK bombs, rapid reset, the stream limit, stream and connection flow control,
+malformed request headers and trailers, frames in flight on a stream the server reset,
 message size limits, unknown methods, non-gRPC requests, bad ``grpc-timeout`` and
 ``grpc-encoding`` headers, and frames on streams where they must not be.
 
@@ -44,6 +45,7 @@ from hyperframe.frame import (
 from tritonclient.grpc import service_pb2 as pb
 
 from servegraph.runtime.server import Server
+from servegraph.runtime.servers import http2
 from servegraph.runtime.servers.grpc_h2 import GrpcH2Server
 from tests.conftest import add_model, serve
 
@@ -432,6 +434,41 @@ async def test_continuation_flood_is_cut_at_the_header_limit(port: int) -> None:
     await assert_serves(port)
 
 
+@pytest.mark.parametrize("size", [0, 1], ids=["empty", "one-byte"])
+async def test_continuation_flood_of_tiny_frames_is_cut_at_the_frame_limit(port: int, size: int) -> None:
+    """HEADERS without END_HEADERS, then 1,000 empty (or one-byte) CONTINUATIONs: far under
+    the header list limit in bytes, so only a bound on the frames of one block cuts them off
+    (the 2024 CONTINUATION flood advisories): GOAWAY ENHANCE_YOUR_CALM, the stream never opened."""
+    async with connected(port) as client:
+        block = client.encoder.encode(client.grpc_fields(f"{SERVICE}/ServerLive"))
+        client.send(HeadersFrame(1, block), *(ContinuationFrame(1, b"\x00" * size) for _ in range(1000)))
+        frames = await client.until_closed()
+    goaway = goaway_of(frames)
+    assert goaway.error_code == ENHANCE_YOUR_CALM
+    assert goaway.last_stream_id == 0
+    assert not [f for f in frames if isinstance(f, Headers)], frames
+    await assert_serves(port)
+
+
+async def test_header_block_in_many_continuations_is_served(port: int) -> None:
+    """The frame limit is generous: a block cut into 32 pieces (8 times what nghttp2 allows) is
+    an ordinary call."""
+    async with connected(port) as client:
+        block = client.encoder.encode(client.grpc_fields(f"{SERVICE}/ServerLive"), huffman=False)
+        cuts = [len(block) * i // 32 for i in range(33)]
+        chunks = [block[a:b] for a, b in zip(cuts, cuts[1:])]
+        assert len(chunks) == 32 and all(chunks)
+        client.send(
+            HeadersFrame(1, chunks[0]),
+            *(ContinuationFrame(1, c) for c in chunks[1:-1]),
+            ContinuationFrame(1, chunks[-1], flags=["END_HEADERS"]),
+            DataFrame(1, framed(pb.ServerLiveRequest().SerializeToString()), flags=["END_STREAM"]),
+        )
+        reply = await client.response(1)
+        assert reply.grpc_status == OK, reply
+        assert pb.ServerLiveResponse.FromString(reply.messages()[0]).live is True
+
+
 async def test_hpack_bomb_is_cut_at_the_header_list_limit(port: int) -> None:
     """A small block that decodes to a huge header list (one 4 KB entry of the dynamic table,
     referenced again and again): GOAWAY ENHANCE_YOUR_CALM, nothing served."""
@@ -562,6 +599,182 @@ async def test_connection_flow_control_holds_the_answer_to_the_window(port: int)
     response = pb.ModelInferResponse.FromString(message)
     assert list(response.outputs[0].shape) == [1, BIG]
     assert response.raw_output_contents[0] == np.full(BIG, 2.5, np.float32).tobytes()
+
+
+# ---------------------------------------------------------------------------- malformed header blocks
+
+
+def request_fields(change: dict[str, str | None] | None = None, extra: Iterable[tuple[str, str]] = ()) -> list[tuple[str, str]]:
+    """A ServerLive call's header list with the fields in ``change`` replaced (None: left out),
+    then ``extra``."""
+    change = change or {}
+    fields = [(k, change.get(k, v)) for k, v in H2.grpc_fields(f"{SERVICE}/ServerLive")]
+    return [(k, v) for k, v in fields if v is not None] + list(extra)
+
+
+MALFORMED_REQUESTS = {
+    # RFC 9113 §8.2.1: field names are lowercase.
+    "uppercase-name": request_fields(extra=[("X-Custom", "v")]),
+    "uppercase-pseudo-header": [(":Path", f"{SERVICE}/ServerLive"), *request_fields({":path": None})],
+    # §8.2.2: connection-specific fields, and te other than "trailers".
+    **{f"{name}-field": request_fields(extra=[(name, value)]) for name, value in [
+        ("connection", "keep-alive"), ("keep-alive", "timeout=5"), ("proxy-connection", "keep-alive"),
+        ("transfer-encoding", "chunked"), ("upgrade", "h2c"),
+    ]},  # fmt: skip
+    "te-gzip": request_fields({"te": "gzip"}),
+    "te-trailers-and-more": request_fields({"te": "trailers, deflate"}),
+    # §8.3: pseudo-headers first, each once, only a request's, :method :scheme :path all there.
+    "pseudo-header-after-regular": request_fields({":authority": None}, [(":authority", "127.0.0.1")]),
+    "duplicated-pseudo-header": [(":path", f"{SERVICE}/ServerLive"), *request_fields()],
+    "unknown-pseudo-header": [(":protocol", "websocket"), *request_fields()],
+    "response-pseudo-header": [(":status", "200"), *request_fields()],
+    "no-method": request_fields({":method": None}),
+    "no-scheme": request_fields({":scheme": None}),
+    "no-path": request_fields({":path": None}),
+    "empty-path": request_fields({":path": ""}),
+    # §8.5: CONNECT names an :authority, and no :scheme or :path.
+    "connect-with-a-path": request_fields({":method": "CONNECT"}),
+}
+
+
+@pytest.mark.parametrize("fields", list(MALFORMED_REQUESTS.values()), ids=list(MALFORMED_REQUESTS))
+async def test_malformed_request_headers_are_a_stream_error(port: int, fields: list[tuple[str, str]]) -> None:
+    """RFC 9113 §8.1.1: a malformed request is a stream error, RST_STREAM PROTOCOL_ERROR, not
+    answered; its body (already sent) is ignored, and the connection carries on."""
+    async with connected(port) as client:
+        stream_id = client.new_stream()
+        client.send(
+            client.headers_frame(stream_id, fields),
+            DataFrame(stream_id, framed(pb.ServerLiveRequest().SerializeToString()), flags=["END_STREAM"]),
+        )
+        seen = await client.barrier()
+        assert [(f.stream_id, f.error_code) for f in resets(seen)] == [(stream_id, PROTOCOL_ERROR)], seen
+        assert [f for f in seen if isinstance(f, (Headers, DataFrame, GoAwayFrame))] == [], seen
+        await assert_live(client)
+
+
+async def test_well_formed_connect_request_is_not_malformed(port: int) -> None:
+    """CONNECT with only :method and :authority is well formed (§8.5): not a gRPC call, so
+    answered 405, as any method but POST."""
+    async with connected(port) as client:
+        stream_id = client.new_stream()
+        fields = [(":method", "CONNECT"), (":authority", "127.0.0.1:443"), ("content-type", "application/grpc")]
+        client.send(client.headers_frame(stream_id, fields, end_stream=True))
+        reply = await client.response(stream_id)
+        assert reply.reset is None and reply.headers is not None and reply.headers[":status"] == "405", reply
+
+
+@pytest.mark.parametrize(
+    "trailers",
+    [
+        pytest.param([(":path", f"{SERVICE}/ServerLive")], id="request-pseudo-header"),
+        pytest.param([(":status", "200")], id="response-pseudo-header"),
+        pytest.param([("X-Trailer", "v")], id="uppercase-name"),
+        pytest.param([("transfer-encoding", "chunked")], id="connection-specific"),
+    ],
+)
+async def test_malformed_trailers_are_a_stream_error(port: int, trailers: list[tuple[str, str]]) -> None:
+    """Trailers carry no pseudo-headers (RFC 9113 §8.1) and follow §8.2 as any field block:
+    RST_STREAM PROTOCOL_ERROR, the call not answered."""
+    async with connected(port) as client:
+        stream_id = client.request("ServerLive", framed(pb.ServerLiveRequest().SerializeToString()), end_stream=False)
+        client.send(client.headers_frame(stream_id, trailers, end_stream=True))
+        seen = await client.barrier()
+        assert [(f.stream_id, f.error_code) for f in resets(seen)] == [(stream_id, PROTOCOL_ERROR)], seen
+        assert [f for f in seen if isinstance(f, (Headers, DataFrame, GoAwayFrame))] == [], seen
+        await assert_live(client)
+
+
+async def test_well_formed_trailers_end_the_request(port: int) -> None:
+    async with connected(port) as client:
+        stream_id = client.request("ServerLive", framed(pb.ServerLiveRequest().SerializeToString()), end_stream=False)
+        client.send(client.headers_frame(stream_id, [("x-trailer", "v"), ("te", "trailers")], end_stream=True))
+        reply = await client.response(stream_id)
+        assert reply.grpc_status == OK, reply
+        assert pb.ServerLiveResponse.FromString(reply.messages()[0]).live is True
+
+
+# ---------------------------------------------------------------------------- streams the server reset
+
+
+def too_large_prefix() -> bytes:
+    """The length prefix of a message over ``max_request_bytes``: the server answers
+    RESOURCE_EXHAUSTED as soon as it reads it, then RST_STREAM NO_ERROR (§8.1) when the
+    request has not ended."""
+    return framed(bytes(MAX_REQUEST + 1))[:5]
+
+
+async def reset_by_the_server(client: H2, how: str) -> tuple[int, int]:
+    """A ModelInfer stream the server resets, still open on the client's side: its id and the
+    RST_STREAM's code, read before returning."""
+    stream_id = client.new_stream()
+    client.send(client.headers_frame(stream_id, client.grpc_fields(f"{SERVICE}/ModelInfer")))
+    if how == "answered-early":
+        client.send(DataFrame(stream_id, too_large_prefix()))
+        code = NO_ERROR
+    else:  # a message still coming (4,000 bytes announced), then DATA one byte past the stream's window
+        window = client.server_settings[SettingsFrame.INITIAL_WINDOW_SIZE]
+        client.send(DataFrame(stream_id, framed(bytes(4000))[:5]), DataFrame(stream_id, bytes(window - 4)))
+        code = FLOW_CONTROL_ERROR
+    seen = await client.barrier()
+    assert [(f.stream_id, f.error_code) for f in resets(seen)] == [(stream_id, code)], seen
+    return stream_id, code
+
+
+@pytest.mark.parametrize("how", ["answered-early", "flow-control"])
+async def test_frames_in_flight_on_a_stream_the_server_reset_are_ignored(port: int, how: str) -> None:
+    """RFC 9113 §5.1: when the server's RST_STREAM reaches it, the client may still have DATA,
+    trailers and WINDOW_UPDATE in flight on the stream. They are ignored: no RST_STREAM back,
+    no GOAWAY. The trailers are still decoded: a header they put in the HPACK table is then
+    referenced by the next call's headers, which must decode."""
+    async with connected(port) as client:
+        stream_id, _ = await reset_by_the_server(client, how)
+        client.send(
+            DataFrame(stream_id, b"more of the body"),
+            client.headers_frame(stream_id, [("x-in-flight", "trailers")], end_stream=True),
+            WindowUpdateFrame(stream_id, 1000),
+        )
+        seen = await client.barrier()
+        assert [f for f in seen if f.stream_id == stream_id or isinstance(f, GoAwayFrame)] == [], seen
+        reply = await client.call("ServerLive", b"", [("x-in-flight", "trailers")])  # an indexed field now
+        assert reply.grpc_status == OK, reply
+
+
+async def test_streams_the_server_reset_are_remembered_up_to_a_bound(port: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The streams the server reset are remembered for their frames in flight, the newest
+    ``RESET_MEMORY`` (made 2 here) only: DATA on an older one is on a closed stream again
+    (RST_STREAM STREAM_CLOSED, the connection carries on)."""
+    monkeypatch.setattr(http2, "RESET_MEMORY", 2)
+    async with connected(port) as client:
+        ids = [(await reset_by_the_server(client, "answered-early"))[0] for _ in range(3)]
+        client.send(*(DataFrame(i, b"late") for i in ids))
+        seen = await client.barrier()
+        assert [(f.stream_id, f.error_code) for f in resets(seen)] == [(ids[0], STREAM_CLOSED)], seen
+        await assert_live(client)
+
+
+async def test_data_on_streams_the_server_reset_counts_against_the_connection_window(port: int) -> None:
+    """RFC 9113 §6.9: DATA ignored on a stream the server reset still counts against the
+    connection's window, so it is granted back as any other: a client that spends the whole
+    connection window (16 streams of 1 MiB) on such streams is never owed more than half of it."""
+    async with connected(port) as client:
+        grant = await client.read()  # the server's connection WINDOW_UPDATE, right after its SETTINGS
+        assert isinstance(grant, WindowUpdateFrame) and grant.stream_id == 0, grant
+        window = 65_535 + grant.window_increment
+        per_stream = client.server_settings[SettingsFrame.INITIAL_WINDOW_SIZE]
+        assert window % per_stream == 0
+        ids = [client.new_stream() for _ in range(window // per_stream)]
+        fields = client.grpc_fields(f"{SERVICE}/ModelInfer")
+        client.send(*(f for i in ids for f in (client.headers_frame(i, fields), DataFrame(i, too_large_prefix()))))
+        seen = await client.barrier()
+        assert sorted((f.stream_id, f.error_code) for f in resets(seen)) == [(i, NO_ERROR) for i in ids], seen
+        # The rest of each stream's window, sent on the reset streams: the connection's window in all.
+        client.send(*(DataFrame(i, bytes(per_stream - 5)) for i in ids))
+        seen = await client.barrier()
+        assert [f for f in seen if isinstance(f, (GoAwayFrame, RstStreamFrame))] == [], seen
+        granted = sum(f.window_increment for f in seen if isinstance(f, WindowUpdateFrame) and f.stream_id == 0)
+        assert window - granted < window // 2, (window, granted)
+        await assert_live(client)
 
 
 # ---------------------------------------------------------------------------- gRPC errors

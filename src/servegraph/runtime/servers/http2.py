@@ -8,9 +8,9 @@ no server push, priorities ignored. Our header blocks never use the dynamic tabl
 is stateless bytes (``encode_headers``).
 
 Guards against what RFC 9113 and the 2019/2023/2024 HTTP/2 advisories list: a header block
-is bounded (CONTINUATION floods), streams per connection are bounded, a reset stream's work
-is cancelled at once (rapid reset), reading stops while the peer does not read what we
-write (PING/SETTINGS reflection), every window and frame size is checked.
+is bounded in bytes and in frames (CONTINUATION floods), streams per connection are bounded,
+a reset stream's work is cancelled at once (rapid reset), reading stops while the peer does
+not read what we write (PING/SETTINGS reflection), every window and frame size is checked.
 """
 
 from __future__ import annotations
@@ -46,6 +46,13 @@ DEFAULT_FRAME = 16_384
 
 MAX_CONCURRENT_STREAMS = 1024
 """Streams open at once on one connection; past it a new stream is refused (REFUSED_STREAM)."""
+RESET_MEMORY = MAX_CONCURRENT_STREAMS
+"""Streams we sent RST_STREAM on that a connection remembers (the newest): what the client
+had in flight on them when our reset reached it is ignored (RFC 9113 §5.1), not taken for a
+frame on a closed stream. As many as may be open at once, so a client that had every stream
+in flight when we reset them all is covered, in about 64 KiB at most per connection.
+Past it the oldest is forgotten, as §5.1 allows: DATA on it gets RST_STREAM STREAM_CLOSED,
+a header block a connection error."""
 STREAM_WINDOW = 1 << 20
 """What a client may send on one stream before we grant more (the gRPC layer grants as it reads)."""
 CONNECTION_WINDOW = 16 << 20
@@ -54,6 +61,21 @@ MAX_FRAME = 1 << 20
 """Largest frame we accept (advertised): fewer, larger DATA frames for big tensors."""
 MAX_HEADER_BLOCK = 64 << 10
 """Largest header block, CONTINUATIONs included, and largest decoded header list."""
+MAX_CONTINUATIONS = 64
+"""CONTINUATION frames one header block may have. The byte limit above does not stop a flood
+of empty (or one-byte) CONTINUATIONs, each costing a frame's parsing while the block never
+ends (the 2024 "CONTINUATION flood" advisories); nghttp2 cuts at 8. Our largest block cut at
+the smallest frame size a client may assume (16 KiB) needs 3; 64 still lets a client cut it
+into 1 KiB pieces (``MAX_HEADER_BLOCK // 1024``)."""
+
+
+REQUEST_PSEUDO_HEADERS = frozenset((b":method", b":scheme", b":path", b":authority"))
+"""The pseudo-headers a request may carry (RFC 9113 §8.3.1): ``:protocol`` needs
+SETTINGS_ENABLE_CONNECT_PROTOCOL, which we do not send, and ``:status`` is a response's."""
+CONNECTION_SPECIFIC = frozenset(
+    (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"te")
+)
+"""Fields HTTP/2 forbids (RFC 9113 §8.2.2), and ``te``, allowed with the value ``trailers`` only."""
 
 
 class Http2Error(Exception):
@@ -113,8 +135,49 @@ class StreamHandler(Protocol):
         """The stream is gone (the client reset it, or the connection closed): stop its work."""
 
 
+def malformed(headers: list[tuple[bytes, bytes]], trailers: bool = False) -> str | None:
+    """Why a request's header list (or its ``trailers``) is malformed, RFC 9113 §8.2-8.3, or
+    None: a stream error (§8.1.1). One pass of cheap tests, and only once per distinct header
+    block (``Http2Connection._decode`` keeps the answer with the decoded list)."""
+    pseudo: list[bytes] = []  # the pseudo-headers seen, at most 4
+    method = None
+    regular = False
+    for name, value in headers:
+        if name[:1] == b":":
+            if trailers:
+                return f"pseudo-header {name!r} in trailers"
+            if regular:
+                return f"pseudo-header {name!r} after a regular field"
+            if name not in REQUEST_PSEUDO_HEADERS:
+                return f"{name!r} is not a request pseudo-header"
+            if name in pseudo:
+                return f"{name!r} twice"
+            pseudo.append(name)
+            if name == b":method":
+                method = value
+            elif name == b":path" and not value:
+                return "an empty :path"
+            continue
+        regular = True
+        if not name.islower() and name != name.lower():  # islower: False too for a name without letters
+            return f"an uppercase field name {name!r}"
+        if name in CONNECTION_SPECIFIC and (name != b"te" or value != b"trailers"):
+            return f"a connection-specific field {name!r}"
+    if trailers:
+        return None
+    if method == b"CONNECT":  # §8.5: :authority, and neither :scheme nor :path
+        if b":authority" not in pseudo or b":scheme" in pseudo or b":path" in pseudo:
+            return "a CONNECT request needs :authority and no :scheme or :path"
+    elif not method or b":scheme" not in pseudo or b":path" not in pseudo:
+        return "a request needs :method, :scheme and :path"
+    return None
+
+
+Decoded = tuple[list[tuple[bytes, bytes]], str | None]
+"""A header block's header list, and why it is malformed as a request (or None)."""
 Opener = Callable[["Stream", list[tuple[bytes, bytes]]], StreamHandler]
-"""Called with each new stream and its request headers; returns its handler."""
+"""Called with each new stream and its request headers (well-formed: ``malformed``); returns
+its handler."""
 
 
 class Stream:
@@ -201,7 +264,7 @@ class Stream:
     def reset_stream(self, code: int) -> None:
         """End the stream with RST_STREAM (a request that cannot be read, a refusal)."""
         if not self.ended:
-            self.connection.write(frame(RST_STREAM, 0, self.id, code.to_bytes(4, "big")))
+            self.connection.write_reset(self.id, code)
             self.closed_local = self.closed_remote = True
             self.connection.stream_done(self)
 
@@ -248,12 +311,15 @@ class Http2Connection(asyncio.Protocol):
         self._preface_seen = False
         self._settings_seen = False
         self._decoder = hpack.Decoder(max_header_list_size=MAX_HEADER_BLOCK)
-        self._decoded: dict[bytes, tuple[int, list[tuple[bytes, bytes]]]] = {}
+        self._decoded: dict[bytes, tuple[int, Decoded]] = {}
         self._table_generation = 0
         self._last_stream_id = 0
         self._block_stream = 0  # a header block still open (CONTINUATIONs to come) on this stream
         self._block = bytearray()
         self._block_flags = 0
+        self._continuations = 0  # CONTINUATION frames of the open header block so far
+        self._reset_ids: dict[int, None] = {}
+        """Streams we sent RST_STREAM on, oldest first (``RESET_MEMORY`` of them): ignored."""
         self.send_window = DEFAULT_WINDOW
         self.blocked: set[Stream] = set()
         """Streams with data the windows held back: flushed on WINDOW_UPDATE and SETTINGS."""
@@ -407,9 +473,11 @@ class Http2Connection(asyncio.Protocol):
             self._recv_consumed = 0
         stream = self.streams.get(stream_id)
         if stream is None or stream.closed_remote:
-            # Reset by us or by the client in the meantime (or already half-closed): not an error of the connection.
+            # Reset by us or by the client in the meantime (or already half-closed): not an error
+            # of the connection. In flight when we reset it: counted above (§6.9), else ignored.
             if stream is None:
-                self.write(frame(RST_STREAM, 0, stream_id, STREAM_CLOSED.to_bytes(4, "big")))
+                if stream_id not in self._reset_ids:  # not remembered: would push out one we reset
+                    self.write(frame(RST_STREAM, 0, stream_id, STREAM_CLOSED.to_bytes(4, "big")))
             else:
                 self._reset(stream, STREAM_CLOSED)
             return
@@ -442,6 +510,7 @@ class Http2Connection(asyncio.Protocol):
         else:
             self._block_stream = stream_id
             self._block = bytearray(payload)
+            self._continuations = 0
 
     def _continuation(self, flags: int, stream_id: int, payload: bytes) -> None:
         if not self._block_stream:
@@ -449,6 +518,9 @@ class Http2Connection(asyncio.Protocol):
         self._block += payload
         if len(self._block) > MAX_HEADER_BLOCK:
             raise Http2Error(ENHANCE_YOUR_CALM, f"a header block is over {MAX_HEADER_BLOCK} bytes")
+        self._continuations += 1
+        if self._continuations > MAX_CONTINUATIONS:
+            raise Http2Error(ENHANCE_YOUR_CALM, f"a header block is in over {MAX_CONTINUATIONS} CONTINUATION frames")
         if flags & END_HEADERS:
             block = bytes(self._block)
             self._block_stream, self._block = 0, bytearray()
@@ -457,22 +529,33 @@ class Http2Connection(asyncio.Protocol):
     def _header_block(self, stream_id: int, block: bytes) -> None:
         if len(block) > MAX_HEADER_BLOCK:
             raise Http2Error(ENHANCE_YOUR_CALM, f"a header block is over {MAX_HEADER_BLOCK} bytes")
-        headers = self._decode(block)
+        headers, problem = self._decode(block)
         end_stream = bool(self._block_flags & END_STREAM)
         stream = self.streams.get(stream_id)
         if stream is not None:  # trailers from the client: they must end the stream
             if not end_stream or stream.closed_remote:
                 raise Http2Error(PROTOCOL_ERROR, f"a second header block on stream {stream_id} without END_STREAM")
+            problem = malformed(headers, trailers=True)
+            if problem is not None:
+                log.debug("HTTP/2 stream %d reset: %s", stream_id, problem)
+                self._reset(stream, PROTOCOL_ERROR)
+                return
             stream.closed_remote = True
             if stream.handler is not None:
                 stream.handler.end_received()
             return
+        if stream_id in self._reset_ids:
+            return  # trailers in flight when we reset the stream: decoded above (the table), ignored
         if stream_id % 2 == 0 or stream_id <= self._last_stream_id:
             raise Http2Error(PROTOCOL_ERROR, f"stream {stream_id} cannot be opened by the client now")
         self._last_stream_id = stream_id
         if self.going_away:
             return  # past our GOAWAY: ignored, the client retries elsewhere
         stream = Stream(stream_id, self, self._peer_initial_window)
+        if problem is not None:  # a malformed request: a stream error (§8.1.1); its DATA is ignored
+            log.debug("HTTP/2 stream %d reset: %s", stream_id, problem)
+            stream.reset_stream(PROTOCOL_ERROR)
+            return
         if len(self.streams) >= MAX_CONCURRENT_STREAMS:
             stream.reset_stream(REFUSED_STREAM)
             return
@@ -485,11 +568,12 @@ class Http2Connection(asyncio.Protocol):
         if end_stream and not stream.ended:
             stream.handler.end_received()
 
-    def _decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
-        """The header list of ``block``; decoded even for a stream we refuse (the table is the
-        connection's). A client repeats the same block for the same call once its headers are
-        in the dynamic table, so a block that left the table as it was is remembered, keyed
-        by the table's generation (any change to the table makes every cached entry stale)."""
+    def _decode(self, block: bytes) -> Decoded:
+        """The header list of ``block``, and why it is malformed as a request (``malformed``)
+        or None; decoded even for a stream we refuse (the table is the connection's). A client
+        repeats the same block for the same call once its headers are in the dynamic table, so
+        a block that left the table as it was is remembered, with its verdict, keyed by the
+        table's generation (any change to the table makes every cached entry stale)."""
         cached = self._decoded.get(block)
         if cached is not None and cached[0] == self._table_generation:
             return cached[1]
@@ -503,13 +587,14 @@ class Http2Connection(asyncio.Protocol):
             raise Http2Error(ENHANCE_YOUR_CALM, f"a header list is over {MAX_HEADER_BLOCK} bytes") from None
         except hpack.HPACKError as exc:
             raise Http2Error(COMPRESSION_ERROR, f"undecodable header block: {exc}") from None
+        decoded = headers, malformed(headers)
         if len(entries) != size or table.maxsize != maxsize or (entries[0] if entries else None) is not newest:
             self._table_generation += 1
         elif len(block) <= 1024:
             if len(self._decoded) >= 256:
                 self._decoded.clear()
-            self._decoded[block] = (self._table_generation, headers)
-        return headers
+            self._decoded[block] = (self._table_generation, decoded)
+        return decoded
 
     def _settings(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id:
@@ -593,6 +678,14 @@ class Http2Connection(asyncio.Protocol):
         out.append(frame(CONTINUATION, END_HEADERS, stream_id, chunks[-1]))
         self.write(b"".join(out))
 
+    def write_reset(self, stream_id: int, code: int) -> None:
+        """RST_STREAM, the stream remembered so that what the client still sends on it is ignored."""
+        self.write(frame(RST_STREAM, 0, stream_id, code.to_bytes(4, "big")))
+        reset = self._reset_ids
+        reset[stream_id] = None
+        if len(reset) > RESET_MEMORY:
+            del reset[next(iter(reset))]
+
     def write_data(self, stream: Stream, data: bytes | memoryview) -> int:
         """DATA frames for as much of ``data`` as the windows and frame size allow; the count written."""
         allowed = min(len(data), stream.send_window, self.send_window)
@@ -619,7 +712,7 @@ class Http2Connection(asyncio.Protocol):
         without an error (RFC 9113 §8.1: a complete response before the whole request)."""
         if not stream.closed_remote:
             stream.closed_remote = True
-            self.write(frame(RST_STREAM, 0, stream.id, NO_ERROR.to_bytes(4, "big")))
+            self.write_reset(stream.id, NO_ERROR)
         self._forget(stream)
 
     def _reset(self, stream: Stream, code: int) -> None:
