@@ -799,6 +799,19 @@ async def test_message_over_the_limit_is_resource_exhausted(port: int, complete:
         await assert_live(client)
 
 
+async def test_second_message_on_a_unary_call_is_refused_at_once(port: int) -> None:
+    """A unary call with a second message is INVALID_ARGUMENT as soon as that message is
+    read, not when the request ends: a client that never ends it with a stream of empty
+    messages would otherwise be read (and its window granted) for ever."""
+    async with connected(port) as client:
+        stream_id = client.request("ServerLive", framed(b"") * 2, end_stream=False)
+        reply = await client.response(stream_id)
+        assert reply.grpc_status == INVALID_ARGUMENT, reply
+        assert "exactly one request message" in reply.grpc_message, reply.grpc_message
+        assert [f.error_code for f in resets(await client.barrier(), stream_id)] == [NO_ERROR]
+        await assert_live(client)
+
+
 @pytest.mark.parametrize(
     "path",
     [

@@ -148,6 +148,10 @@ class _Call:
                     raise _Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, f"Received message larger than max ({size} vs. {limit})")
                 if len(buffer) < 5 + size:
                     break
+                if self._queue is None and self._messages:
+                    # A second message on a unary call: refused now, not read on until the request
+                    # ends (a stream of empty messages would hold memory and the loop forever).
+                    raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, "a unary call needs exactly one request message, got a second")
                 message = self._decode(buffer[0], bytes(buffer[5 : 5 + size]))
                 del buffer[: 5 + size]
                 if self._queue is None:
