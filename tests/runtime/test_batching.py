@@ -410,12 +410,15 @@ import numpy as np
 
 class Tagged:
     """OUTPUT is 1 where the batch ran on the main thread (the in-process server's event loop);
-    a negative first input makes the batch slow (2 ms)."""
+    a negative first input makes the batch slow (5 ms, over every inline budget), a first
+    input over 1 a millisecond long (a lone caller's budget, not a cheap model's)."""
 
     def predict(self, inputs):
         x = inputs["INPUT"]
         if float(x[0, 0]) < 0:
-            time.sleep(0.002)
+            time.sleep(0.005)
+        elif float(x[0, 0]) > 1:
+            time.sleep(0.001)
         return {"OUTPUT": np.full_like(x, float(threading.get_ident() == threading.main_thread().ident))}
 '''
 
@@ -443,5 +446,31 @@ async def test_a_cheap_model_runs_on_the_event_loop_until_a_batch_is_slow(repo: 
             assert runs[-1], f"a cheap model should run inline once measured: {runs}"
             await _ran_inline(client, -1.0)  # a slow batch
             assert not await _ran_inline(client), "after a slow batch, batches go back to the thread"
+        finally:
+            await client.close()
+
+
+async def test_a_lone_callers_request_runs_on_the_event_loop_and_overlapping_ones_do_not(repo: Path, tmp_path: Path) -> None:
+    """A millisecond model (over the cheap-model budget) runs on the loop's thread for a lone
+    caller, whose request nobody else waits beside: the hand-off to the executor thread would
+    only add latency. Two callers whose requests overlap keep the executor thread, so the loop
+    reads one caller's request while the model runs the other's."""
+    source = tmp_path / "tagged.py"
+    source.write_text(TAGGED)
+    add_model(repo, "tagged", fp32_model_config(), source)
+    async with serve(repo) as server:
+        client = grpcaio.InferenceServerClient(grpc_url(server.ports))
+        try:
+            lone = [await _ran_inline(client, 2.0) for _ in range(8)]
+            assert not lone[0], "the first batch is measured on the model's thread"
+            assert all(lone[2:]), f"a lone caller's millisecond batches should run inline: {lone}"
+
+            async def caller() -> list[bool]:
+                return [await _ran_inline(client, 2.0) for _ in range(6)]
+
+            both = await asyncio.gather(caller(), caller())
+            overlapping = both[0] + both[1]
+            # The very first of the two may still look lone (the other's request not in yet).
+            assert sum(overlapping) <= 1, f"overlapping callers should keep the executor thread: {both}"
         finally:
             await client.close()

@@ -57,6 +57,8 @@ class _Pending:
     seq: int
     future: asyncio.Future[Outputs]
     unpad: dict[str, tuple[tuple[int, int], ...]] = field(default_factory=dict)
+    lone: bool = False
+    """It arrived with no other request waiting for an answer, well after the last answer."""
 
 
 class DynamicBatcher:
@@ -123,6 +125,8 @@ class DynamicBatcher:
         self._peak_requests = 0.0  # decaying peak of requests queued + running
         self._peak_busy = math.inf  # decaying peak of a batch's measured cost, seconds (inf: none yet)
         self._inline_cpu = 0.0  # loop-thread CPU seconds spent in inline predicts (not front end)
+        self._outstanding = 0  # requests in infer(): queued, running, or answered but not yet returned
+        self._last_answer = -math.inf  # when infer() last returned an answer (monotonic)
 
     # ----------------------------------------------------------------- public
     def start(self) -> None:
@@ -154,6 +158,7 @@ class DynamicBatcher:
         if self._queue_timeout and (deadline is None or now + self._queue_timeout < deadline):
             deadline = now + self._queue_timeout
         item = self._make_pending(inputs, deadline, now)
+        item.lone = not self._outstanding and now - self._last_answer >= LONE_GAP
         self._pending.append(item)
         if item.deadline != math.inf:
             self._deadlined += 1
@@ -167,7 +172,12 @@ class DynamicBatcher:
             # wakes it), nor while the batch a free one waits for is short of rows (its timer
             # re-plans); a deadline may need an earlier timer.
             self._wake.set()
-        return await item.future
+        self._outstanding += 1
+        try:
+            return await item.future
+        finally:
+            self._outstanding -= 1
+            self._last_answer = time.monotonic()
 
     def retry_after(self) -> float:
         """Seconds until the queue should have room: depth over the measured drain rate."""
@@ -414,7 +424,7 @@ class DynamicBatcher:
             batch_rows = real_rows
             merged = batch[0].inputs
         t1 = time.perf_counter_ns()
-        if self._runs_inline(batch_rows):
+        if self._runs_inline(batch_rows, batch):
             cpu = time.thread_time()
             outputs, busy = _timed_predict(instance.predict, merged)
             self._inline_cpu += time.thread_time() - cpu
@@ -429,22 +439,41 @@ class DynamicBatcher:
         t3 = time.perf_counter_ns()
         return results, batch_rows, (t0, t1, t2, t3, busy)
 
-    def _runs_inline(self, rows: int) -> bool:
-        """Whether a batch of ``rows`` is cheap enough to run on the event loop's thread.
+    def _runs_inline(self, rows: int, batch: list[_Pending]) -> bool:
+        """Whether ``batch`` (``rows`` rows, padding included) runs on the event loop's thread.
 
         Handing a batch to an executor thread and back (a futex wake, GIL hand-offs, a loop
-        wake-up) costs the process tens of microseconds of CPU: more than a small model's
-        whole predict. Such a batch runs inline when the cost curve prices it under
-        INLINE_BUDGET and no batch lately cost over INLINE_PEAK, so a model that is sometimes
-        slow (a lazy load, a cache miss) goes back to its thread after one slow batch. A model
-        that may block for long (I/O with no timeout) stalls every request once before that:
-        its config turns this off (``inline_predict: false``).
+        wake-up, two context switches) costs the process tens of microseconds of CPU: more
+        than a small model's whole predict. Such a batch runs inline when the cost curve
+        prices it under INLINE_BUDGET and no batch lately cost over INLINE_PEAK, so a model
+        that is sometimes slow (a lazy load, a cache miss) goes back to its thread after one
+        slow batch.
+
+        A lone caller's request runs inline too, priced up to LONE_BUDGET (and no batch lately
+        over it): one that arrived while no other request waited for its answer, and at least
+        LONE_GAP after the last answer, so not a second caller's request that queued in the
+        socket meanwhile. Nobody is then kept waiting while the loop runs the model (nothing
+        else is queued or running, and no other instance is free), so the hand-off is pure
+        latency: at c=1 it is two context switches, a futex and an eventfd round trip per
+        request. Two callers whose requests overlap keep the executor thread, so a GPU model
+        still computes while the loop reads the next request.
+
+        A model that may block for long (I/O with no timeout) stalls every request once before
+        that: its config turns both off (``inline_predict: false``).
         """
+        if not self.config.inline_predict or not self.curve.ready():
+            return False
+        cost = self.curve.cost(rows)
+        if cost <= INLINE_BUDGET and self._peak_busy <= INLINE_PEAK:
+            return True
         return (
-            self.config.inline_predict
-            and self._peak_busy <= INLINE_PEAK
-            and self.curve.ready()
-            and self.curve.cost(rows) <= INLINE_BUDGET
+            len(batch) == 1
+            and batch[0].lone
+            and cost <= LONE_BUDGET
+            and self._peak_busy <= LONE_BUDGET
+            and self._inflight == 1
+            and not self._free  # another instance could run a newcomer meanwhile
+            and not self._pending
         )
 
     def _complete(
@@ -522,6 +551,16 @@ thread, whose hand-off alone costs more CPU (measured on the hop benchmark's ech
 INLINE_PEAK = 200e-6
 """Seconds: the longest a recent batch may have taken for batches to run inline, the worst
 stall an inline batch can cause the event loop once."""
+
+LONE_BUDGET = 2e-3
+"""Seconds: a lone caller's batch priced under this runs on the event loop's thread (the
+longest the loop then answers nothing else, health checks included)."""
+
+LONE_GAP = 50e-6
+"""Seconds: a request counts as a lone caller's only if it arrived at least this long after
+the last answer left the batcher. A closed-loop caller needs longer than this to read an
+answer and send its next request (a tritonclient round trip is hundreds of microseconds); a
+second caller's request that waited in the socket while the model ran arrives at once."""
 
 PEAK_DECAY = 0.98
 """How fast the peak batch cost forgets a slow batch (per batch: about 100 batches)."""
