@@ -58,7 +58,7 @@ class _Pending:
     future: asyncio.Future[Outputs]
     unpad: dict[str, tuple[tuple[int, int], ...]] = field(default_factory=dict)
     lone: bool = False
-    """It arrived with no other request waiting for an answer, well after the last answer."""
+    """A lone caller's request: it may run inline (``_runs_inline``)."""
 
 
 class DynamicBatcher:
@@ -126,7 +126,9 @@ class DynamicBatcher:
         self._peak_busy = math.inf  # decaying peak of a batch's measured cost, seconds (inf: none yet)
         self._inline_cpu = 0.0  # loop-thread CPU seconds spent in inline predicts (not front end)
         self._outstanding = 0  # requests in infer(): queued, running, or answered but not yet returned
-        self._last_answer = -math.inf  # when infer() last returned an answer (monotonic)
+        self._lone_streak = 0  # requests in a row that arrived alone while the loop was free to see others
+        self._lone_count = 0  # requests taken as a lone caller's (every LONE_PROBE-th is a probe)
+        self._last_inline = False  # whether the last batch ran on the loop's thread
 
     # ----------------------------------------------------------------- public
     def start(self) -> None:
@@ -158,7 +160,7 @@ class DynamicBatcher:
         if self._queue_timeout and (deadline is None or now + self._queue_timeout < deadline):
             deadline = now + self._queue_timeout
         item = self._make_pending(inputs, deadline, now)
-        item.lone = not self._outstanding and now - self._last_answer >= LONE_GAP
+        item.lone = self._is_lone()
         self._pending.append(item)
         if item.deadline != math.inf:
             self._deadlined += 1
@@ -177,7 +179,6 @@ class DynamicBatcher:
             return await item.future
         finally:
             self._outstanding -= 1
-            self._last_answer = time.monotonic()
 
     def retry_after(self) -> float:
         """Seconds until the queue should have room: depth over the measured drain rate."""
@@ -414,21 +415,21 @@ class DynamicBatcher:
     ) -> tuple[list[Outputs], int, tuple[int, int, int, int, int]]:
         t0 = time.perf_counter_ns()
         rows = [p.rows for p in batch]
-        real_rows = sum(rows)
+        batch_rows = self._batch_rows(batch)
         if self._merging:
-            batch_rows = bucket_ceiling(real_rows, list(self.policy.buckets))
             inner = {name: shape for name, shape in batch[0].key}
             pad = self._buckets.pad_value if self._buckets else 0.0
             merged = merge([p.inputs for p in batch], batch_rows, inner, pad)
         else:
-            batch_rows = real_rows
             merged = batch[0].inputs
         t1 = time.perf_counter_ns()
         if self._runs_inline(batch_rows, batch):
             cpu = time.thread_time()
             outputs, busy = _timed_predict(instance.predict, merged)
             self._inline_cpu += time.thread_time() - cpu
+            self._last_inline = True
         else:
+            self._last_inline = False
             outputs, busy = await loop.run_in_executor(self._executor, _timed_predict, instance.predict, merged)
         t2 = time.perf_counter_ns()
         if self._batch_dim:
@@ -438,6 +439,31 @@ class DynamicBatcher:
             results = [outputs]
         t3 = time.perf_counter_ns()
         return results, batch_rows, (t0, t1, t2, t3, busy)
+
+    def _is_lone(self) -> bool:
+        """Whether a request arriving now is a lone caller's (``_runs_inline``).
+
+        Evidence of a lone caller is only taken while the loop was free to see others: a
+        request that arrives while another waits for its answer ends it at once; one that
+        arrives alone after a batch ran on the executor thread adds to it (a batch run inline
+        keeps the loop from reading a second caller's request until it is done, so such an
+        arrival proves nothing). After LONE_EVIDENCE such arrivals, requests count as lone,
+        except every LONE_PROBE-th: it runs on the thread, so a second caller shows itself.
+        """
+        if self._outstanding:
+            self._lone_streak = 0
+            return False
+        if not self._last_inline:
+            self._lone_streak += 1
+        if self._lone_streak < LONE_EVIDENCE:
+            return False
+        self._lone_count += 1
+        return self._lone_count % LONE_PROBE != 0
+
+    def _batch_rows(self, batch: list[_Pending]) -> int:
+        """The rows ``batch`` runs as: its requests' rows, up to a shape bucket if merging."""
+        real_rows = sum(p.rows for p in batch)
+        return bucket_ceiling(real_rows, list(self.policy.buckets)) if self._merging else real_rows
 
     def _runs_inline(self, rows: int, batch: list[_Pending]) -> bool:
         """Whether ``batch`` (``rows`` rows, padding included) runs on the event loop's thread.
@@ -450,13 +476,12 @@ class DynamicBatcher:
         slow batch.
 
         A lone caller's request runs inline too, priced up to LONE_BUDGET (and no batch lately
-        over it): one that arrived while no other request waited for its answer, and at least
-        LONE_GAP after the last answer, so not a second caller's request that queued in the
-        socket meanwhile. Nobody is then kept waiting while the loop runs the model (nothing
-        else is queued or running, and no other instance is free), so the hand-off is pure
-        latency: at c=1 it is two context switches, a futex and an eventfd round trip per
-        request. Two callers whose requests overlap keep the executor thread, so a GPU model
-        still computes while the loop reads the next request.
+        over it; ``_is_lone`` says who is lone). Nobody is then kept waiting while the loop runs
+        the model (nothing else is queued or running, and no other instance is free), so the
+        hand-off is pure latency: at c=1 two context switches, futexes and an eventfd round
+        trip per request. Two callers whose requests overlap keep the executor thread (a
+        probe finds them within LONE_PROBE requests), so a GPU model still computes while the
+        loop reads the next request.
 
         A model that may block for long (I/O with no timeout) stalls every request once before
         that: its config turns both off (``inline_predict: false``).
@@ -556,11 +581,12 @@ LONE_BUDGET = 2e-3
 """Seconds: a lone caller's batch priced under this runs on the event loop's thread (the
 longest the loop then answers nothing else, health checks included)."""
 
-LONE_GAP = 50e-6
-"""Seconds: a request counts as a lone caller's only if it arrived at least this long after
-the last answer left the batcher. A closed-loop caller needs longer than this to read an
-answer and send its next request (a tritonclient round trip is hundreds of microseconds); a
-second caller's request that waited in the socket while the model ran arrives at once."""
+LONE_EVIDENCE = 4
+"""Requests in a row that arrived alone, the loop free to see others, before a caller counts as lone."""
+
+LONE_PROBE = 16
+"""Every this many lone requests, one runs on the executor thread: with the loop free, a
+second caller's request shows itself (it arrives while the probe's waits for its answer)."""
 
 PEAK_DECAY = 0.98
 """How fast the peak batch cost forgets a slow batch (per batch: about 100 batches)."""
