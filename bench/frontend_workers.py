@@ -14,8 +14,8 @@ median of its rounds. Reuses run.py's target runner, the load generator and the 
 One load generator (tritonclient aio on one core, one gRPC connection) saturates long before
 several workers do, and SO_REUSEPORT spreads connections, not calls: ``--client-procs K``
 runs K load generators at once (each c/K callers over ``--connections`` connections, all
-measuring the same window); a cell sums their rows/s, takes the median of their p50s and
-the worst of their p99s.
+measuring the same window); a cell sums their rows/s, takes the median of their p50s, the
+worst of their p99s and the busiest generator's CPU.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def drive_many(target: Target, protocol: str, ports: Ports, server_pid: int, arg
             "p99_ms": max(p["p99_ms"] for p in parts),
             "requests": sum(p["requests"] for p in parts),
             "errors": sum(p["errors"] for p in parts),
-            "client_cpu": sum(p["client_cpu"] for p in parts),
+            "client_cpu": max(p["client_cpu"] for p in parts),  # the busiest generator: ⚠ when it saturates
             "server_cpu": statistics.median(p["server_cpu"] for p in parts),
             "first_error": next((p["first_error"] for p in parts if p["first_error"]), ""),
         })  # fmt: skip

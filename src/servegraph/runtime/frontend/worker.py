@@ -1,9 +1,9 @@
 """A front-end worker process: the server's HTTP and gRPC ports, shared with its siblings.
 
 It runs the same transports as a single-process server (``servers.rest`` on aiohttp, and
-``servers.grpc_h2`` or grpc.aio as ``--grpc-server`` says) over a ``ForwardingDataPlane``: an inference request is decoded here, its tensors written
-into shared memory and its descriptor sent to the model process; the answer comes back the
-same way and is encoded here. Every other route and RPC (health, metadata, config,
+``servers.grpc_h2`` or grpc.aio as ``--grpc-server`` says) over a ``ForwardingDataPlane``:
+an inference request is decoded here, its tensors written into shared memory and its
+descriptor sent to the model process; the answer comes back the same way and is encoded here. Every other route and RPC (health, metadata, config,
 statistics, repository, feedback) is proxied unchanged to the model process's private
 listeners, so what a caller reads is the model process's truth, status codes included.
 
