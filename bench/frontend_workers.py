@@ -54,6 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", choices=sorted(MODELS), default="mlp", help="mlp (numpy) or mlp-torch (PyTorch, the GPU if any)")
     p.add_argument("--client-procs", type=int, default=1, help="load generators run at once per cell")
     p.add_argument("--connections", type=int, default=1, help="connections per load generator")
+    p.add_argument("--src", type=Path, default=None, help="the servegraph source tree to serve (A/B: a copy of another commit's src/)")
     p.add_argument("--output", type=Path, default=BENCH / "results" / "frontend_workers.md")
     args = p.parse_args(argv)
     args.workers = [int(n) for n in args.workers.split(",")]
@@ -72,10 +73,11 @@ def pin(server_cores: int) -> None:
     procs.CLIENT_CORE = str(server_cores) if server_cores == last else f"{server_cores}-{last}"
 
 
-def target(workers: int, model: str = "mlp") -> Target:
+def target(workers: int, model: str = "mlp", src: Path | None = None) -> Target:
     def prepare(workdir: Path, ports: Ports) -> Launch:
         launch = MODELS[model](workdir, ports)
-        return dataclasses.replace(launch, cmd=[*launch.cmd, "--frontend-workers", str(workers)])
+        env = launch.env if src is None else {**launch.env, "PYTHONPATH": str(src.resolve())}
+        return dataclasses.replace(launch, cmd=[*launch.cmd, "--frontend-workers", str(workers)], env=env)
 
     return Target(f"servegraph-fw{workers}", f"servegraph ({model}), --frontend-workers {workers}", prepare)
 
@@ -148,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             order = args.workers[number % len(args.workers) :] + args.workers[: number % len(args.workers)]
             for workers in order:
                 driver = drive_many if args.client_procs > 1 or args.connections > 1 else run.drive
-                run.bench_target(target(workers, args.model), args, result, driver)
+                run.bench_target(target(workers, args.model, args.src), args, result, driver)
             rounds.append(result)
     finally:
         procs.stop_all()

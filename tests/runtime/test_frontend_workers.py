@@ -103,10 +103,11 @@ def test_connections_land_on_more_than_one_worker(example_server_workers: Server
     assert all(count > 0 for count in grew.values()), grew
 
 
-def test_a_tensor_over_a_slot_travels_inline_and_comes_back_right(workers_server: ServerProcess) -> None:
-    """Over a slot's size (1 MiB) a tensor goes inline instead of through shared memory."""
+def test_tensors_of_every_size_travel_and_come_back_right(workers_server: ServerProcess) -> None:
+    """Up to 16 KiB a tensor travels as raw bytes in the descriptor, up to a slot's size
+    (1 MiB) through shared memory, and over it inline: each way the same answer."""
     client = httpclient.InferenceServerClient(workers_server.http_url, network_timeout=60)
-    for columns in (16, 300_000):  # 128 bytes, 2.4 MB
+    for columns in (16, 4096, 300_000):  # 128 bytes, 32 KiB, 2.4 MB
         x = np.arange(2 * columns, dtype=np.float32).reshape(2, columns)
         tensor = httpclient.InferInput("INPUT", [2, columns], "FP32")
         tensor.set_data_from_numpy(x, binary_data=True)
@@ -268,17 +269,23 @@ def test_slots_are_reused_last_in_first_out_and_views_are_read_only() -> None:
     follow peak concurrency, not the whole arena."""
     from servegraph.runtime.frontend.arena import SlotArena
 
-    arena = SlotArena.create("servegraph-test", slots=8, slot_bytes=4096)
+    from servegraph.runtime.frontend.arena import SMALL_TENSOR, RawTensor, TensorRef
+
+    arena = SlotArena.create("servegraph-test", slots=8, slot_bytes=4 * SMALL_TENSOR)
     try:
         first = arena.acquire()
         assert first is not None
-        carried = arena.put(first, False, {"X": np.arange(4, dtype=np.float32)})
-        view = arena.view(carried)["X"]
-        np.testing.assert_array_equal(view, np.arange(4, dtype=np.float32))
-        with pytest.raises(ValueError, match="read-only"):
-            view += 1
+        big = np.arange(2 * SMALL_TENSOR // 4, dtype=np.float32)  # over SMALL_TENSOR: a slot
+        carried = arena.put(first, False, {"X": big, "Y": np.arange(4, dtype=np.float32)})
+        assert isinstance(carried["X"], TensorRef) and isinstance(carried["Y"], RawTensor)
+        arrays = arena.view(carried)
+        np.testing.assert_array_equal(arrays["X"], big)
+        np.testing.assert_array_equal(arrays["Y"], np.arange(4, dtype=np.float32))
+        for name in ("X", "Y"):
+            with pytest.raises(ValueError, match="read-only"):
+                arrays[name] += 1
         arena.release(first)
         assert arena.acquire() == first
     finally:
-        del view
+        del arrays
         arena.close()
