@@ -410,8 +410,8 @@ import numpy as np
 
 class Tagged:
     """OUTPUT is 1 where the batch ran on the main thread (the in-process server's event loop);
-    a negative first input makes the batch slow (5 ms, over every inline budget), a first
-    input over 1 a millisecond long (a lone caller's budget, not a cheap model's)."""
+    a negative first input makes the batch slow (5 ms, over every inline budget), and one over
+    1 makes it take a millisecond (within a lone caller's budget, over a cheap model's)."""
 
     def predict(self, inputs):
         x = inputs["INPUT"]

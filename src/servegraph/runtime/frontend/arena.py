@@ -25,7 +25,8 @@ ALIGN = 64
 _FIXED_SIZE_KINDS = frozenset("biufc")
 SMALL_TENSOR = 16 << 10
 """Bytes up to which a fixed-size tensor travels as raw bytes in the descriptor, not in a slot.
-Per request, timeit: a [1, 512] FP32 input costs 1.1 µs this way against 6 in a slot."""
+A [1, 512] FP32 request and its [1, 16] answer, put, pickled, unpickled and read on both
+sides (timeit): 19-27 µs this way against 48-62 through a slot."""
 
 
 class TensorRef(NamedTuple):
