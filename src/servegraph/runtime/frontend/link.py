@@ -49,17 +49,6 @@ class Sender:
         await self.writer.drain()
 
 
-async def receive(reader: asyncio.StreamReader) -> tuple[Any, ...] | None:
-    """The next message, or None when the other end has gone."""
-    try:
-        head = await reader.readexactly(_LENGTH.size)
-        (length,) = _LENGTH.unpack(head)
-        message: tuple[Any, ...] = pickle.loads(await reader.readexactly(length))
-    except (asyncio.IncompleteReadError, ConnectionError):
-        return None
-    return message
-
-
 class Receiver:
     """Reads messages in bulk: every message a read brought, for one wake-up (a busy sender
     writes a loop turn's messages at once), instead of two awaits per message."""
