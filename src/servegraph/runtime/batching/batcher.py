@@ -415,12 +415,14 @@ class DynamicBatcher:
     ) -> tuple[list[Outputs], int, tuple[int, int, int, int, int]]:
         t0 = time.perf_counter_ns()
         rows = [p.rows for p in batch]
-        batch_rows = self._batch_rows(batch)
+        real_rows = sum(rows)
         if self._merging:
+            batch_rows = bucket_ceiling(real_rows, list(self.policy.buckets))
             inner = {name: shape for name, shape in batch[0].key}
             pad = self._buckets.pad_value if self._buckets else 0.0
             merged = merge([p.inputs for p in batch], batch_rows, inner, pad)
         else:
+            batch_rows = real_rows
             merged = batch[0].inputs
         t1 = time.perf_counter_ns()
         if self._runs_inline(batch_rows, batch):
@@ -459,11 +461,6 @@ class DynamicBatcher:
             return False
         self._lone_count += 1
         return self._lone_count % LONE_PROBE != 0
-
-    def _batch_rows(self, batch: list[_Pending]) -> int:
-        """The rows ``batch`` runs as: its requests' rows, up to a shape bucket if merging."""
-        real_rows = sum(p.rows for p in batch)
-        return bucket_ceiling(real_rows, list(self.policy.buckets)) if self._merging else real_rows
 
     def _runs_inline(self, rows: int, batch: list[_Pending]) -> bool:
         """Whether ``batch`` (``rows`` rows, padding included) runs on the event loop's thread.
