@@ -402,28 +402,24 @@ async def test_bytes_on_an_idle_connection_retire_it(raw: RawHttpChild, channel:
 
 
 @pytest.mark.parametrize(
-    ("version", "headers"), [("1.1", ""), ("1.0", "Connection: keep-alive\r\n")], ids=["http1.1", "http1.0-keep-alive"]
+    ("version", "headers", "kept"),
+    [
+        ("1.1", "", True),
+        ("1.0", "Connection: keep-alive\r\n", True),
+        ("1.1", "Connection: close\r\n", False),
+        ("1.0", "", False),
+    ],
+    ids=["http1.1", "http1.0-keep-alive", "connection-close", "http1.0"],
 )
-async def test_a_keep_alive_answer_leaves_its_connection_for_the_next_call(
-    raw: RawHttpChild, channel: HttpChannel, version: str, headers: str
+async def test_a_connection_serves_the_next_call_only_if_its_answer_kept_it_alive(
+    raw: RawHttpChild, channel: HttpChannel, version: str, headers: str, kept: bool
 ) -> None:
+    """A keep-alive answer leaves its connection for the next call; one that ends keep-alive
+    closes it, though the child keeps the socket open here."""
     raw.answer = lambda head, body: plain(b"ok", version, headers)
     for _ in range(3):
         assert (await post(channel)).body == b"ok"
-    assert raw.connections == 1
-
-
-@pytest.mark.parametrize(
-    ("version", "headers"), [("1.1", "Connection: close\r\n"), ("1.0", "")], ids=["connection-close", "http1.0"]
-)
-async def test_an_answer_that_ends_keep_alive_closes_its_connection(
-    raw: RawHttpChild, channel: HttpChannel, version: str, headers: str
-) -> None:
-    """The child keeps the socket open here, yet the next call must not use it."""
-    raw.answer = lambda head, body: plain(b"ok", version, headers)
-    for _ in range(2):
-        assert (await post(channel)).body == b"ok"
-    assert raw.connections == 2
+    assert raw.connections == (1 if kept else 3)
 
 
 @pytest.mark.parametrize("writes", ["one", "several"])
