@@ -16,11 +16,17 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import asyncio
+
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as grpcaio
 import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
 
+from servegraph.runtime.frontend import groups
+from servegraph.runtime.protocol.types import InferRequest, RequestedOutput
 from tests.conftest import DOUBLES, EXAMPLES, ServerProcess, add_model, http_request, wait_until
 
 
@@ -289,3 +295,154 @@ def test_slots_are_reused_last_in_first_out_and_views_are_read_only() -> None:
     finally:
         del arrays
         arena.close()
+
+
+# ------------------------------------------------------------ alike requests as one
+
+
+def _request(x: np.ndarray, **fields: object) -> InferRequest:
+    return InferRequest("m", "", {"X": x}, {"X": "FP32"}, **fields)  # type: ignore[arg-type]
+
+
+def test_only_requests_that_differ_in_their_rows_share_a_group_key() -> None:
+    one = groups.group_key(_request(np.zeros((1, 4), np.float32)))
+    assert one is not None and one[1] == 1
+    three = groups.group_key(_request(np.ones((3, 4), np.float32), id="other caller"))
+    assert three is not None and (three[0], three[1]) == (one[0], 3)
+    differ = [
+        _request(np.zeros((1, 5), np.float32)),  # another inner shape
+        _request(np.zeros((1, 4), np.float64)),  # another dtype
+        _request(np.zeros((1, 4), np.float32), outputs=[RequestedOutput("Y")]),
+        InferRequest("m", "2", {"X": np.zeros((1, 4), np.float32)}, {"X": "FP32"}),
+        _request(np.zeros((1, 4), np.float32), binary_output_default=True, parameters={"binary_data_output": True}),
+    ]
+    assert all((key := groups.group_key(r)) is not None and key[0] != one[0] for r in differ)
+    alone = [
+        _request(np.zeros((1, 4), np.float32), deadline=1.0),  # a deadline of its own
+        _request(np.zeros((1, 4), np.float32), parameters={"priority": 1}),  # read by the model process
+        _request(np.zeros((1, 4), np.float32), input_parameters={"X": {"shared_memory_region": "r"}}),
+        _request(np.zeros((1, 4), np.float32), outputs=[RequestedOutput("Y", parameters={"classification": [1]})]),
+        _request(np.array(["a"], dtype=object)),  # BYTES: no fixed size
+        _request(np.float32(1.0).reshape(())),  # no batch dimension
+        _request(np.zeros((0, 4), np.float32)),  # no rows
+        InferRequest("m", "", {"A": np.zeros((1, 4), np.float32), "B": np.zeros((2, 4), np.float32)}, {}),
+    ]
+    assert [groups.group_key(r) for r in alone] == [None] * len(alone)
+
+
+def test_a_groups_answer_splits_back_into_each_members_rows() -> None:
+    members = [_request(np.full((rows, 2), rows, np.float32)) for rows in (1, 3, 2)]
+    merged = groups.merge(members)
+    assert merged["X"].shape == (6, 2)
+    shares = groups.split({"Y": merged["X"] * 10}, (1, 3, 2))
+    assert [share["Y"][:, 0].tolist() for share in shares] == [[10], [30, 30, 30], [20, 20]]
+    with pytest.raises(ValueError, match="not 6 rows"):
+        groups.split({"Y": np.zeros((5, 2))}, (1, 3, 2))
+
+
+@pytest.fixture
+def grouping_server(repo: Path) -> ServerProcess:
+    """One worker (so every connection meets it): add_sub (dynamic batching, up to 8 rows),
+    an echo that takes 2 rows a batch, and an echo without dynamic batching."""
+    shutil.copytree(EXAMPLES / "add_sub", repo / "add_sub")
+    config = {
+        "backend": "python",
+        "max_batch_size": 2,
+        "input": [{"name": "INPUT", "data_type": "FP32", "dims": [4]}],
+        "output": [{"name": "OUTPUT", "data_type": "FP32", "dims": [4]}, {"name": "ROWSUM", "data_type": "FP32", "dims": [1]}],
+        "dynamic_batching": {"max_queue_delay_microseconds": 500},
+    }
+    add_model(repo, "echo2", config, DOUBLES / "echo.py")
+    add_model(repo, "echo_unbatched", {**config, "max_batch_size": 8, "dynamic_batching": None}, DOUBLES / "echo.py")
+    server = ServerProcess(repo, "--repository-poll-secs", "0", "--frontend-workers", "1").wait_ready()
+    yield server  # type: ignore[misc]
+    server.stop()
+
+
+def _stats(server: ServerProcess, model: str) -> tuple[int, int]:
+    """The model's (success, fail) request counts."""
+    stats = grpcclient.InferenceServerClient(server.grpc_url).get_inference_statistics(model, as_json=True)
+    inference = stats["model_stats"][0]["inference_stats"]
+    return int(inference["success"].get("count", 0)), int(inference["fail"].get("count", 0))
+
+
+def _grouped(server: ServerProcess) -> float:
+    return sum(_metric(server, "servegraph_frontend_grouped_requests_total").values())
+
+
+async def _burst(server: ServerProcess, model: str, inputs_of: list[list[grpcaio.InferInput]]) -> list[object]:
+    """Every request at once on one connection: a result or the exception, in order."""
+    client = grpcaio.InferenceServerClient(server.grpc_url)
+    try:
+        calls = [client.infer(model, inputs, request_id=f"r{i}") for i, inputs in enumerate(inputs_of)]
+        return list(await asyncio.gather(*calls, return_exceptions=True))
+    finally:
+        await client.close()
+
+
+def _add_sub_inputs(value: float, datatype: str = "FP32") -> list[grpcaio.InferInput]:
+    x = np.full((1, 16), value, np.float32 if datatype == "FP32" else np.int32)
+    inputs = []
+    for name in ("INPUT0", "INPUT1"):
+        tensor = grpcaio.InferInput(name, [1, 16], datatype)
+        tensor.set_data_from_numpy(x)
+        inputs.append(tensor)
+    return inputs
+
+
+async def test_alike_requests_run_as_one_and_each_caller_gets_its_own_answer(grouping_server: ServerProcess) -> None:
+    """Requests that reach a worker together cross to the model process as one; each caller
+    still gets its own rows and id, and the statistics count every request."""
+    success, fail = _stats(grouping_server, "add_sub")
+    grouped, sent = _grouped(grouping_server), 0
+    for _ in range(20):  # until some arrive in one loop turn (the first in a few bursts at most)
+        results = await _burst(grouping_server, "add_sub", [_add_sub_inputs(v) for v in range(32)])
+        sent += 32
+        for value, result in enumerate(results):
+            assert isinstance(result, grpcaio.InferResult), result
+            assert result.get_response().id == f"r{value}"
+            np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), np.full((1, 16), 2 * value, np.float32))
+            np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), np.zeros((1, 16), np.float32))
+        if _grouped(grouping_server) > grouped:
+            break
+    assert _grouped(grouping_server) > grouped
+    assert _stats(grouping_server, "add_sub") == (success + sent, fail)
+
+
+@pytest.mark.parametrize("model", ["echo2", "echo_unbatched"])
+async def test_a_group_the_model_does_not_take_goes_one_by_one(grouping_server: ServerProcess, model: str) -> None:
+    """echo2 takes 2 rows where a worker first groups up to 4; echo_unbatched does not batch
+    dynamically, so its requests must never run together."""
+    success, fail = _stats(grouping_server, model)
+    grouped = _grouped(grouping_server)
+    bursts = []
+    for value in range(32):
+        tensor = grpcaio.InferInput("INPUT", [1, 4], "FP32")
+        tensor.set_data_from_numpy(np.full((1, 4), value, np.float32))
+        bursts.append([tensor])
+    for _ in range(3):
+        results = await _burst(grouping_server, model, bursts)
+        for value, result in enumerate(results):
+            assert isinstance(result, grpcaio.InferResult), result
+            assert result.get_response().id == f"r{value}"
+            np.testing.assert_array_equal(result.as_numpy("OUTPUT"), np.full((1, 4), value, np.float32))
+    assert _stats(grouping_server, model) == (success + 96, fail)
+    assert _grouped(grouping_server) == grouped
+
+
+async def test_a_failing_group_gives_each_caller_its_own_verdict(grouping_server: ServerProcess) -> None:
+    """Alike bad requests (INT32 where add_sub takes FP32) fail the group; each is then sent
+    alone and gets its own INVALID_ARGUMENT, counted once; good ones among them succeed."""
+    success, fail = _stats(grouping_server, "add_sub")
+    inputs = [_add_sub_inputs(v, "INT32" if v % 4 else "FP32") for v in range(32)]
+    for _ in range(3):
+        results = await _burst(grouping_server, "add_sub", inputs)
+        for value, result in enumerate(results):
+            if value % 4:
+                assert isinstance(result, InferenceServerException), result
+                assert result.status() == "StatusCode.INVALID_ARGUMENT"
+                assert "INPUT0" in str(result) and "FP32" in str(result), str(result)
+            else:
+                assert isinstance(result, grpcaio.InferResult), result
+                np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), np.full((1, 16), 2 * value, np.float32))
+    assert _stats(grouping_server, "add_sub") == (success + 3 * 8, fail + 3 * 24)

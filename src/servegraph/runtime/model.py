@@ -206,6 +206,13 @@ class ServedModel:
         batching = self.config.dynamic_batching
         return batching is None or batching.default_queue_policy.allow_timeout_override
 
+    @property
+    def group_rows(self) -> int:
+        """Alike requests run as one only where the batcher would have merged their rows
+        anyway: dynamic batching on, no padding to shape buckets."""
+        batcher = self.batcher
+        return self.config.max_batch_size if batcher is not None and batcher.merges_rows else 0
+
     def check_request(self, request: InferRequest) -> None:
         """400 for any input or output that does not fit the model's signature."""
         model = self.name
@@ -263,21 +270,24 @@ class ServedModel:
         assert self.batcher is not None, "start() the model before infer()"
         start = time.perf_counter_ns()
         metrics = self.batcher.metrics
+        requests = request.requests
         try:
             response = await self._infer(request, self.batcher)
         except BaseException as exc:
-            self.stats.fail.add(time.perf_counter_ns() - start)
-            metrics.outcome(_OUTCOMES.get(type(exc), "error"))
+            if requests == 1:  # a group that fails is not counted: its requests come again one by one
+                self.stats.fail.add(time.perf_counter_ns() - start)
+                metrics.outcome(_OUTCOMES.get(type(exc), "error"))
             raise
         elapsed = time.perf_counter_ns() - start
-        self.stats.success.add(elapsed)
-        metrics.success.inc()
-        metrics.latency.observe(elapsed / 1e9)
+        self.stats.success.add(elapsed * requests, requests)
+        metrics.success.inc(requests)
+        for _ in range(requests):
+            metrics.latency.observe(elapsed / 1e9)
         return response
 
     async def _infer(self, request: InferRequest, batcher: DynamicBatcher) -> InferResponse:
         self.check_request(request)
-        outputs = await batcher.infer(request.inputs, request.deadline)
+        outputs = await batcher.infer(request.inputs, request.deadline, request.requests)
         wanted = [o.name for o in request.outputs] if request.outputs else self._all_outputs
         selected: dict[str, np.ndarray] = {}
         datatypes: dict[str, str] = {}

@@ -36,6 +36,12 @@ class Servable(Protocol):
         """Whether the per-request ``timeout`` parameter may tighten the deadline."""
         ...
 
+    @property
+    def group_rows(self) -> int:
+        """The rows a request grouped by a front-end worker (``InferRequest.requests`` > 1)
+        may carry: 0 where alike requests must not be run as one."""
+        ...
+
     def is_ready(self) -> bool: ...
 
     def tensor_metadata(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

@@ -59,6 +59,8 @@ class _Pending:
     unpad: dict[str, tuple[tuple[int, int], ...]] = field(default_factory=dict)
     lone: bool = False
     """A lone caller's request: it may run inline (``_runs_inline``)."""
+    requests: int = 1
+    """Callers' requests it carries (``InferRequest.requests``): statistics count each."""
 
 
 class DynamicBatcher:
@@ -144,8 +146,15 @@ class DynamicBatcher:
     def depth(self) -> int:
         return len(self._pending)
 
-    async def infer(self, inputs: dict[str, np.ndarray], deadline: float | None) -> Outputs:
-        """Queue one request and wait for its share of a batch."""
+    @property
+    def merges_rows(self) -> bool:
+        """Whether requests' rows are merged as they are (dynamic batching, no shape buckets):
+        then alike requests may also arrive as one (``InferRequest.requests``)."""
+        return self._merging and self._buckets is None
+
+    async def infer(self, inputs: dict[str, np.ndarray], deadline: float | None, requests: int = 1) -> Outputs:
+        """Queue one request (``requests`` callers' alike requests as one) and wait for its
+        share of a batch."""
         if self._closing:
             raise ModelNotReady(f"model '{self.model}' version {self.version} is unloading")
         if len(self._pending) >= self._max_queue:
@@ -160,6 +169,7 @@ class DynamicBatcher:
         if self._queue_timeout and (deadline is None or now + self._queue_timeout < deadline):
             deadline = now + self._queue_timeout
         item = self._make_pending(inputs, deadline, now)
+        item.requests = requests
         item.lone = self._is_lone()
         self._pending.append(item)
         if item.deadline != math.inf:
@@ -510,7 +520,7 @@ class DynamicBatcher:
         # The curve learns from the time the model thread was not kept off the CPU by others.
         self.curve.observe(batch_rows, busy / 1e9)
         self._peak_busy = max(0.0 if self._peak_busy == math.inf else self._peak_busy * PEAK_DECAY, busy / 1e9)
-        self._stats.record_execution(batch_rows, len(batch), t1 - t0, t2 - t1, t3 - t2)
+        self._stats.record_execution(batch_rows, sum(item.requests for item in batch), t1 - t0, t2 - t1, t3 - t2)
         self.metrics.compute_time.observe(compute)
         self.metrics.batch_size.observe(batch_rows)
         elapsed = (t3 - t0) / 1e9
@@ -521,8 +531,9 @@ class DynamicBatcher:
         self._peak_requests = max(self._peak_requests * 0.9, len(self._pending) + self._running_requests)
         for item, result in zip(batch, results):
             queued = t0 - item.arrived_ns
-            self._stats.queue.add(queued)
-            self.metrics.queue_time.observe(queued / 1e9)
+            self._stats.queue.add(queued * item.requests, item.requests)
+            for _ in range(item.requests):
+                self.metrics.queue_time.observe(queued / 1e9)
             if not item.future.done():
                 item.future.set_result(result)
 

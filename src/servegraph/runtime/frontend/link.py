@@ -6,9 +6,13 @@ executable, so pickle is safe here (nothing else can reach the socket pair). Req
 answers travel as tuples of their fields (``request_fields`` / ``rebuild_request``): a
 slotted dataclass pickles through ``copyreg`` at about 10 µs each way, a tuple in about 1.
 
-Worker -> model process: ``(HELLO, pid)``, ``(INFER, rid, slot, request fields, inputs)``,
-``(CANCEL, rid)``. Model process -> worker: ``(ANSWER, rid, response fields, outputs)``,
-``(FAILED, rid, error)``, ``(CANCELLED, rid)``.
+Worker -> model process: ``(HELLO, pid)``, ``(INFER, rid, slot, request fields, inputs,
+counts)``, ``(CANCEL, rid)``. ``counts`` is None for one caller's request, or each member's
+rows for alike requests sent as one (``groups``). Model process -> worker: ``(ANSWER, rid,
+response fields, outputs, group rows)``, ``(FAILED, rid, error)``, ``(CANCELLED, rid)``,
+``(REGROUP, rid, group rows)``: a group the model process did not run (send its members one
+by one). ``group rows`` tells a group's sender what the model takes (``Servable.group_rows``);
+None in the answer to a single request.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import Any
 from servegraph.runtime.protocol import errors
 from servegraph.runtime.protocol.types import InferRequest, InferResponse, RequestedOutput
 
-HELLO, INFER, CANCEL, ANSWER, FAILED, CANCELLED = range(6)
+HELLO, INFER, CANCEL, ANSWER, FAILED, CANCELLED, REGROUP = range(7)
 _LENGTH = struct.Struct("!I")
 
 
@@ -101,12 +105,12 @@ def request_fields(request: InferRequest, headers: dict[str, str]) -> tuple[Any,
     )  # fmt: skip
 
 
-def rebuild_request(fields: tuple[Any, ...], inputs: dict[str, Any]) -> InferRequest:
+def rebuild_request(fields: tuple[Any, ...], inputs: dict[str, Any], requests: int = 1) -> InferRequest:
     name, version, datatypes, rid, outputs, parameters, input_parameters, deadline, binary, headers = fields
     return InferRequest(
         name, version, inputs, datatypes, rid,
         None if outputs is None else [RequestedOutput(*o) for o in outputs],
-        parameters, input_parameters, deadline, binary, headers,
+        parameters, input_parameters, deadline, binary, headers, requests,
     )  # fmt: skip
 
 
@@ -115,9 +119,12 @@ def response_fields(response: InferResponse) -> tuple[Any, ...]:
     return response.model_name, response.model_version, response.datatypes, response.id, response.parameters
 
 
-def rebuild_response(fields: tuple[Any, ...], outputs: dict[str, Any]) -> InferResponse:
-    name, version, datatypes, rid, parameters = fields
-    return InferResponse(name, version, outputs, datatypes, rid, parameters)
+def rebuild_response(fields: tuple[Any, ...], outputs: dict[str, Any], rid: str | None = None) -> InferResponse:
+    """The answer; ``rid``: a group member's own request id instead of the group's."""
+    name, version, datatypes, group_rid, parameters = fields
+    if rid is None:
+        return InferResponse(name, version, outputs, datatypes, group_rid, parameters)
+    return InferResponse(name, version, outputs, datatypes, rid, dict(parameters))
 
 
 ErrorDescriptor = tuple[list[str], str, float]

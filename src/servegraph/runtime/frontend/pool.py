@@ -33,6 +33,7 @@ from servegraph.runtime.frontend.arena import Carried, SlotArena
 from servegraph.runtime.frontend.config import WorkerConfig
 from servegraph.runtime.metrics import ServerMetrics
 from servegraph.runtime.protocol.errors import ServegraphError
+from servegraph.runtime.protocol.types import InferRequest
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ class _Worker:
     receiver: link.Receiver
     sender: link.Sender
     requests: Any
+    grouped: Any
     tasks: dict[int, asyncio.Task[None]] = field(default_factory=dict)
 
 
@@ -98,6 +100,12 @@ class FrontendPool:
         self._requests = Counter(
             "servegraph_frontend_requests",
             "Inference requests each front-end worker forwarded to this (the model) process.",
+            ("worker",),
+            registry=metrics.registry,
+        )
+        self._grouped = Counter(
+            "servegraph_frontend_grouped_requests",
+            "Inference requests that ran as part of a group of alike ones a worker sent as one.",
             ("worker",),
             registry=metrics.registry,
         )
@@ -151,7 +159,11 @@ class FrontendPool:
             theirs.close()
         reader, writer = await asyncio.open_unix_connection(sock=ours)
         receiver = link.Receiver(reader)
-        worker = _Worker(index, process, arena, receiver, link.Sender(writer), self._requests.labels(worker=str(index)))
+        label = str(index)
+        worker = _Worker(
+            index, process, arena, receiver, link.Sender(writer),
+            self._requests.labels(worker=label), self._grouped.labels(worker=label),
+        )  # fmt: skip
         try:
             first = await asyncio.wait_for(receiver.receive(), START_TIMEOUT_S)
         except asyncio.TimeoutError:
@@ -178,8 +190,8 @@ class FrontendPool:
             while (messages := await worker.receiver.receive()) is not None:
                 for message in messages:
                     if message[0] == link.INFER:
-                        _, rid, slot, fields, inputs = message
-                        task = loop.create_task(self._infer(worker, rid, slot, fields, inputs))
+                        _, rid, slot, fields, inputs, counts = message
+                        task = loop.create_task(self._infer(worker, rid, slot, fields, inputs, counts))
                         worker.tasks[rid] = task
                         task.add_done_callback(functools.partial(_finished, worker, rid))
                     elif message[0] == link.CANCEL:
@@ -213,21 +225,35 @@ class FrontendPool:
         except Exception as exc:
             self.on_failure(f"front-end worker {worker.index} died and could not be restarted: {exc}")
 
-    async def _infer(self, worker: _Worker, rid: int, slot: int | None, fields: tuple[Any, ...], inputs: Carried) -> None:
-        worker.requests.inc()
+    async def _infer(
+        self, worker: _Worker, rid: int, slot: int | None, fields: tuple[Any, ...], inputs: Carried,
+        counts: tuple[int, ...] | None,
+    ) -> None:  # fmt: skip
+        """Run one request, or a group of alike ones (``counts``: each member's rows), and send
+        the answer. A group runs only where the model takes it, and any failure of a group is
+        answered REGROUP: its members come again one by one, each for its own verdict."""
+        worker.requests.inc(1 if counts is None else len(counts))
         message: tuple[Any, ...]
+        group_rows = 0
         try:
-            response = await self.dataplane.infer(link.rebuild_request(fields, worker.arena.view(inputs)))
-            outputs = worker.arena.put(slot, True, response.outputs)
-            message = (link.ANSWER, rid, link.response_fields(response), outputs)
+            request = link.rebuild_request(fields, worker.arena.view(inputs), 1 if counts is None else len(counts))
+            if counts is not None:
+                group_rows = self._group_rows(request)
+            if counts is not None and sum(counts) > group_rows:
+                message = (link.REGROUP, rid, group_rows)
+            else:
+                response = await self.dataplane.infer(request)
+                outputs = worker.arena.put(slot, True, response.outputs)
+                if counts is not None:
+                    worker.grouped.inc(len(counts))
+                message = (link.ANSWER, rid, link.response_fields(response), outputs, None if counts is None else group_rows)
         except asyncio.CancelledError:
             message = (link.CANCELLED, rid)
-        except ServegraphError as exc:
-            message = (link.FAILED, rid, link.describe_error(exc))
-        except Exception as exc:  # as the transports answer a bug in one process
-            log.exception("unexpected error in a front-end worker's inference request")
-            error = ServegraphError(f"internal server error: {type(exc).__name__}: {exc}")
-            message = (link.FAILED, rid, link.describe_error(error))
+        except Exception as exc:
+            if not isinstance(exc, ServegraphError):  # as the transports answer a bug in one process
+                log.exception("unexpected error in a front-end worker's inference request")
+                exc = ServegraphError(f"internal server error: {type(exc).__name__}: {exc}")
+            message = (link.FAILED, rid, link.describe_error(exc)) if counts is None else (link.REGROUP, rid, group_rows)
         if worker.sender.writer.is_closing():
             return
         worker.sender.send(message)
@@ -235,6 +261,14 @@ class FrontendPool:
             await worker.sender.drain()
         except ConnectionError:
             pass  # the worker died; its watcher restarts it
+
+    def _group_rows(self, request: InferRequest) -> int:
+        """The rows a group for ``request``'s model may carry (0: none; the model's own
+        errors, such as an unknown model, are each member's to hear)."""
+        try:
+            return self.dataplane.model_for(request).group_rows
+        except ServegraphError:
+            return 0
 
     async def _bury(self, worker: _Worker) -> int | None:
         """Wait for a worker whose link closed (kill it if it lingers) and free its memory."""

@@ -20,6 +20,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -30,11 +31,11 @@ from tritonclient.grpc import service_pb2 as pb
 
 from servegraph.runtime.config import ServerSettings
 from servegraph.runtime.dataplane import DataPlane
-from servegraph.runtime.frontend import link
+from servegraph.runtime.frontend import groups, link
 from servegraph.runtime.frontend.arena import SlotArena
 from servegraph.runtime.frontend.config import WorkerConfig
 from servegraph.runtime.process import exit_now
-from servegraph.runtime.protocol.errors import QueueFull, ShuttingDown
+from servegraph.runtime.protocol.errors import ModelError, QueueFull, ShuttingDown
 from servegraph.runtime.protocol.types import InferRequest, InferResponse
 from servegraph.runtime.servers import grpc as grpc_server
 from servegraph.runtime.servers import grpc_h2, rest
@@ -49,8 +50,26 @@ _NOT_FORWARDED = _HOP_BY_HOP | {"content-encoding"}  # the body is sent decoded
 _NOT_RELAYED = _HOP_BY_HOP | {"date", "server", "content-encoding"}
 
 
+GROUP_ROWS_UNKNOWN = 4
+"""Rows a group may carry while the model process has not yet said what the model takes."""
+GROUP_SHARE = 4
+"""A group carries at most a quarter of the rows the model takes, so that the batcher can
+still pack groups from several workers into full batches."""
+GROUP_ROWS_TTL_S = 10.0
+"""How long the model process's word on a model's group rows holds without being renewed
+(each group's answer renews it; a hot swap may change it)."""
+GROUP_ROWS_KEPT = 1024
+"""Models whose group rows a worker remembers at most (names come from callers)."""
+
+_Member = tuple[InferRequest, "asyncio.Future[InferResponse]", int]
+
+
 class ModelLink:
-    """The worker's end of the link: sends requests, matches answers, bounds what is in flight."""
+    """The worker's end of the link: sends requests, matches answers, bounds what is in flight.
+
+    Alike requests of one event-loop turn travel as one (``groups``): the first of a kind
+    leads a group, waits one loop turn for others to join, then sends them all at once.
+    """
 
     def __init__(
         self,
@@ -67,30 +86,151 @@ class ModelLink:
         self.forward_headers = forward_headers
         self.closed = False
         self._pending: dict[int, tuple[asyncio.Future[tuple[Any, ...]], int | None]] = {}
+        self._requests = 0
         self.idle = asyncio.Event()
-        """Set while nothing is in flight to the model process (a drain waits on it)."""
+        """Set while no request is in flight to the model process (a drain waits on it)."""
         self.idle.set()
         self._next_id = 0
+        self._open: dict[groups.GroupKey, _Group] = {}
+        self._group_rows: dict[tuple[str, str], tuple[int, float]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def infer(self, request: InferRequest) -> InferResponse:
         if self.closed:
             raise ShuttingDown("server is shutting down and accepts no new requests")
-        if len(self._pending) >= self.max_inflight:
+        if self._requests >= self.max_inflight:
             raise QueueFull(f"front-end worker queue full: {self.max_inflight} requests in flight", 0.1)
+        self._requests += 1
+        self.idle.clear()
+        try:
+            keyed = None if self.forward_headers else groups.group_key(request)
+            if keyed is None:
+                return await self._alone(request)
+            return await self._grouped(request, *keyed)
+        finally:
+            self._requests -= 1
+            if not self._requests:
+                self.idle.set()
+
+    async def _grouped(self, request: InferRequest, key: groups.GroupKey, rows: int) -> InferResponse:
+        loop = asyncio.get_running_loop()
+        group = self._open.get(key)
+        if group is not None and group.rows + rows <= group.limit:
+            future: asyncio.Future[InferResponse] = loop.create_future()
+            group.members.append((request, future, rows))
+            group.rows += rows
+            return await future
+        limit = self._group_limit(request)
+        if rows >= limit:
+            return await self._alone(request)
+        group = self._open[key] = _Group(limit, rows)
+        try:
+            await asyncio.sleep(0)  # the requests this loop turn started join now
+        except asyncio.CancelledError:
+            self._close(key, group)
+            self._launch(group.members)  # the others still go
+            raise
+        self._close(key, group)
+        if not group.members:
+            return await self._alone(request)
+        future = loop.create_future()
+        self._launch([(request, future, rows), *group.members])
+        return await future
+
+    def _close(self, key: groups.GroupKey, group: _Group) -> None:
+        if self._open.get(key) is group:
+            del self._open[key]
+
+    def _launch(self, members: list[_Member]) -> None:
+        if not members:
+            return
+        run = self._send_group(members) if len(members) > 1 else self._relay(members[0])
+        task = asyncio.get_running_loop().create_task(run)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _group_limit(self, request: InferRequest) -> int:
+        known = self._group_rows.get((request.model_name, request.model_version))
+        if known is None or known[1] < time.monotonic():
+            return GROUP_ROWS_UNKNOWN
+        return known[0] // GROUP_SHARE
+
+    def _learn(self, request: InferRequest, rows: int) -> None:
+        if len(self._group_rows) >= GROUP_ROWS_KEPT:
+            self._group_rows.clear()
+        self._group_rows[(request.model_name, request.model_version)] = (rows, time.monotonic() + GROUP_ROWS_TTL_S)
+
+    async def _send_group(self, members: list[_Member]) -> None:
+        """Send the members as one request and give each its rows of the answer; when the
+        model process does not run the group, send them one by one."""
+        requests = [request for request, _, _ in members]
+        counts = tuple(rows for _, _, rows in members)
+        first = requests[0]
+        try:
+            message, outputs = await self._exchange(link.request_fields(first, {}), groups.merge(requests), counts)
+            if message[0] == link.ANSWER:
+                self._learn(first, message[4])
+                try:
+                    shares = groups.split(outputs, counts)
+                except ValueError as exc:
+                    raise ModelError(f"model '{first.model_name}': {exc}") from None
+                for (request, future, _), share in zip(members, shares):
+                    if not future.done():
+                        future.set_result(link.rebuild_response(message[2], share, request.id))
+                return
+            if message[0] != link.REGROUP:
+                raise link.rebuild_error(message[2])
+            self._learn(first, message[2])
+        except Exception as exc:  # the link's own verdict (shutting down, full): every member's
+            for _, future, _ in members:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        except asyncio.CancelledError:
+            for _, future, _ in members:
+                future.cancel()
+            raise
+        await asyncio.gather(*(self._relay(member) for member in members))
+
+    async def _relay(self, member: _Member) -> None:
+        """One member sent on its own; its caller gets the answer or the error."""
+        request, future, _ = member
+        if future.done():  # its caller has gone
+            return
+        try:
+            response = await self._alone(request)
+        except Exception as exc:
+            if not future.done():
+                future.set_exception(exc)
+            return
+        if not future.done():
+            future.set_result(response)
+
+    async def _alone(self, request: InferRequest) -> InferResponse:
+        headers = {k.lower(): v for k, v in request.headers.items()} if self.forward_headers else {}
+        message, outputs = await self._exchange(link.request_fields(request, headers), request.inputs, None)
+        if message[0] == link.ANSWER:
+            return link.rebuild_response(message[2], outputs)
+        raise link.rebuild_error(message[2])
+
+    async def _exchange(
+        self, fields: tuple[Any, ...], arrays: dict[str, Any], counts: tuple[int, ...] | None
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """Send one request, wait for its answer: the message, and the answer's arrays."""
+        if self.closed:
+            raise ShuttingDown("server is shutting down and accepts no new requests")
         rid = self._next_id
         self._next_id += 1
         slot = self.arena.acquire()
         try:
-            inputs = self.arena.put(slot, False, request.inputs)
+            inputs = self.arena.put(slot, False, arrays)
         except BaseException:
             if slot is not None:
                 self.arena.release(slot)
             raise
-        headers = {k.lower(): v for k, v in request.headers.items()} if self.forward_headers else {}
         answer: asyncio.Future[tuple[Any, ...]] = asyncio.get_running_loop().create_future()
         self._pending[rid] = (answer, slot)
-        self.idle.clear()
-        self.sender.send((link.INFER, rid, slot, link.request_fields(request, headers), inputs))
+        self.sender.send((link.INFER, rid, slot, fields, inputs, counts))
         try:
             await self.sender.drain()
             message = await answer
@@ -103,10 +243,10 @@ class ModelLink:
                 self.sender.send((link.CANCEL, rid))
             raise
         if message[0] == link.ANSWER:
-            return link.rebuild_response(message[2], self.arena.take(slot, message[3]))
+            return message, self.arena.take(slot, message[3])
         if slot is not None:
             self.arena.release(slot)
-        raise link.rebuild_error(message[2])
+        return message, {}
 
     async def run(self) -> None:
         """Deliver answers until the model process goes; then fail what still waits."""
@@ -121,15 +261,23 @@ class ModelLink:
                         self.arena.release(slot)
                 else:
                     answer.set_result(message)
-            if not self._pending:
-                self.idle.set()
         self.closed = True
         gone = (link.FAILED, -1, link.describe_error(ShuttingDown("the model process has gone")))
         for answer, _ in self._pending.values():
             if not answer.done():
                 answer.set_result(gone)
         self._pending.clear()
-        self.idle.set()
+
+
+class _Group:
+    """Alike requests gathering in one loop turn; the leader is not among ``members``."""
+
+    __slots__ = ("limit", "rows", "members")
+
+    def __init__(self, limit: int, rows: int) -> None:
+        self.limit = limit
+        self.rows = rows
+        self.members: list[_Member] = []
 
 
 class ForwardingDataPlane(DataPlane):

@@ -171,6 +171,10 @@ class GraphNode(ABC):
     def allows_timeout_override(self) -> bool:
         return True
 
+    @property
+    def group_rows(self) -> int:
+        return 0  # a node routes, combines or transforms each request on its own
+
     def resolve(self, path: str) -> Path:
         """A path from the config: absolute, or relative to the config file's folder."""
         candidate = Path(path)

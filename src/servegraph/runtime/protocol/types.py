@@ -42,6 +42,9 @@ class InferRequest:
     """REST only: the request's ``binary_data_output`` parameter."""
     headers: Mapping[str, str] = field(default_factory=dict)
     """HTTP headers (case-insensitive) or gRPC metadata (lower-case keys), for header routing."""
+    requests: int = 1
+    """How many callers' requests this one carries: more than 1 for the alike requests a
+    front-end worker sends as one (``frontend.groups``), so statistics count each."""
 
 
 @dataclass(slots=True)
