@@ -36,7 +36,7 @@ sys.path.insert(0, str(BENCH))
 
 import procs  # noqa: E402
 import run  # noqa: E402
-from report import Measured, RunResult, render  # noqa: E402
+from report import PROTOCOL_NAMES, Measured, RunResult, render  # noqa: E402
 from targets import Launch, Ports, Target, prepare_servegraph, prepare_servegraph_torch  # noqa: E402
 
 MODELS = {"mlp": prepare_servegraph, "mlp-torch": prepare_servegraph_torch}
@@ -111,6 +111,7 @@ def drive_many(target: Target, protocol: str, ports: Ports, server_pid: int, arg
             "errors": sum(p["errors"] for p in parts),
             "client_cpu": max(p["client_cpu"] for p in parts),  # the busiest generator: ⚠ when it saturates
             "server_cpu": statistics.median(p["server_cpu"] for p in parts),
+            "loop_cpu": statistics.median(p["loop_cpu"] for p in parts),  # one model process: each sees the same
             "first_error": next((p["first_error"] for p in parts if p["first_error"]), ""),
         })  # fmt: skip
     return {"check": check, "cells": cells}
@@ -138,6 +139,28 @@ def medians(rounds: list[RunResult], settings: str) -> RunResult:
     return result
 
 
+def loop_table(result: RunResult, concurrency: list[int]) -> str:
+    """The model process's event loop, CPU µs per request: what bounds the workers' plateau
+    on a many-core node (its one core full while the GPU idles), measurable on any machine."""
+    lines = [
+        "",
+        "## Model process event loop: CPU µs per request",
+        "",
+        "| target | protocol | " + " | ".join(f"c={c}" for c in concurrency) + " |",
+        "|---|---|" + "---:|" * len(concurrency),
+    ]
+    rows: dict[tuple[str, str], dict[int, Measured]] = defaultdict(dict)
+    for cell in result.cells:
+        rows[(cell.target, cell.protocol)][cell.concurrency] = cell
+    for (name, protocol), cells in rows.items():
+        shown = [
+            f"{cells[c].loop_cpu / cells[c].rows_per_s * 1e6:.0f}" if c in cells and cells[c].rows_per_s else "—"
+            for c in concurrency
+        ]
+        lines.append(f"| {name} | {PROTOCOL_NAMES.get(protocol, protocol)} | " + " | ".join(shown) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run finally blocks and atexit
@@ -158,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         f" · server on {args.server_cores} core(s) · model {args.model} · {args.client_procs} load generator(s)"
         f" × {args.connections} connection(s) · median of {args.rounds} round(s)."
     )
-    text = render(medians(rounds, settings), args.concurrency)
+    result = medians(rounds, settings)
+    text = render(result, args.concurrency) + loop_table(result, args.concurrency)
     text += f"\nWhole run: {time.monotonic() - started:.0f} s.\n"
     print(text)
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -63,6 +63,9 @@ class Cell:
     errors: int
     client_cpu: float
     server_cpu: float
+    loop_cpu: float = 0.0
+    """CPU share of the server's main thread: its event loop (with front-end workers, the
+    model process's), whose CPU per request bounds what one Python process serves."""
     first_error: str = ""
 
 
@@ -118,6 +121,19 @@ class Client:
 
     async def close(self) -> None:
         await self._client.close()
+
+
+def thread_cpu_seconds(pid: int) -> float:
+    """User+system CPU seconds of ``pid``'s main thread (0 when there is none)."""
+    if pid <= 0:
+        return 0.0
+    try:
+        with open(f"/proc/{pid}/task/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def tree_cpu_seconds(root: int) -> float:
@@ -186,17 +202,17 @@ async def measure(clients: list[Client], spec: LoadSpec, concurrency: int) -> Ce
             if start <= t1 <= end:
                 latencies.append(t1 - t0)
 
-    async def sample_cpu() -> tuple[float, float]:
+    async def sample_cpu() -> tuple[float, float, float]:
         await asyncio.sleep(max(0.0, start - now()))
-        c0, s0, w0 = time.process_time(), tree_cpu_seconds(spec.server_pid), now()
+        c0, s0, l0, w0 = time.process_time(), tree_cpu_seconds(spec.server_pid), thread_cpu_seconds(spec.server_pid), now()
         await asyncio.sleep(max(0.0, end - now()))
-        c1, s1, w1 = time.process_time(), tree_cpu_seconds(spec.server_pid), now()
+        c1, s1, l1, w1 = time.process_time(), tree_cpu_seconds(spec.server_pid), thread_cpu_seconds(spec.server_pid), now()
         wall = max(w1 - w0, 1e-9)
-        return (c1 - c0) / wall, (s1 - s0) / wall
+        return (c1 - c0) / wall, (s1 - s0) / wall, (l1 - l0) / wall
 
     sampler = asyncio.create_task(sample_cpu())
     workers = [asyncio.create_task(worker(clients[i % len(clients)])) for i in range(concurrency)]
-    client_cpu, server_cpu = await sampler
+    client_cpu, server_cpu, loop_cpu = await sampler
     _, pending = await asyncio.wait(workers, timeout=DRAIN_TIMEOUT_S)
     for task in pending:
         task.cancel()
@@ -210,6 +226,7 @@ async def measure(clients: list[Client], spec: LoadSpec, concurrency: int) -> Ce
         errors=errors,
         client_cpu=client_cpu,
         server_cpu=server_cpu,
+        loop_cpu=loop_cpu,
         first_error=first_error,
     )
 
@@ -235,9 +252,9 @@ async def measure_count(clients: list[Client], spec: LoadSpec, concurrency: int)
                 continue
             latencies.append(now() - t0)
 
-    c0, s0, w0 = time.process_time(), tree_cpu_seconds(spec.server_pid), now()
+    c0, s0, l0, w0 = time.process_time(), tree_cpu_seconds(spec.server_pid), thread_cpu_seconds(spec.server_pid), now()
     await asyncio.gather(*(worker(clients[i % len(clients)]) for i in range(concurrency)))
-    c1, s1, w1 = time.process_time(), tree_cpu_seconds(spec.server_pid), now()
+    c1, s1, l1, w1 = time.process_time(), tree_cpu_seconds(spec.server_pid), thread_cpu_seconds(spec.server_pid), now()
     wall = max(w1 - w0, 1e-9)
     lat = np.array(latencies) * 1e3 if latencies else np.array([np.nan])
     return Cell(
@@ -249,6 +266,7 @@ async def measure_count(clients: list[Client], spec: LoadSpec, concurrency: int)
         errors=errors,
         client_cpu=(c1 - c0) / wall,
         server_cpu=(s1 - s0) / wall,
+        loop_cpu=(l1 - l0) / wall,
         first_error=first_error,
     )
 

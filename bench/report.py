@@ -35,6 +35,8 @@ class Measured:
     errors: int
     client_cpu: float
     server_cpu: float
+    loop_cpu: float = 0.0
+    """The server's main thread (event loop) alone, as a share of one core."""
     first_error: str = ""
 
 
