@@ -269,6 +269,19 @@ def example_server_workers() -> Iterator[ServerProcess]:
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def example_server_workers_aiohttp() -> Iterator[ServerProcess]:
+    """Two front-end workers serving REST on the transport that is not the default."""
+    other = next(name for name in HTTP_SERVERS if name != DEFAULT_HTTP_SERVER)
+    server = ServerProcess(
+        EXAMPLES, "--repository-poll-secs", "0", "--frontend-workers", "2", "--http-server", other
+    ).wait_ready()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
     path = tmp_path / "models"

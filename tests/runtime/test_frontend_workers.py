@@ -9,14 +9,14 @@ import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import asyncio
+import gzip
+import json
 
 import numpy as np
 import pytest
@@ -136,17 +136,23 @@ def test_tensors_of_every_size_travel_and_come_back_right(workers_server: Server
     ],
     ids=["misencoded", "wrong-method", "unknown-route", "model-control", "unknown-stats", "feedback", "unknown-model", "bad-json"],
 )
+@pytest.mark.parametrize(
+    ("one_process", "workers"),
+    [("example_server", "example_server_workers"), ("example_server_aiohttp", "example_server_workers_aiohttp")],
+    ids=["uvicorn", "aiohttp"],
+)
 def test_workers_answer_what_one_process_answers(
-    example_server_aiohttp: ServerProcess,
-    example_server_workers: ServerProcess,
+    request: pytest.FixtureRequest,
+    one_process: str,
+    workers: str,
     method: str,
     path: str,
     body: bytes,
     headers: dict[str, str],
 ) -> None:
-    """Byte for byte, against one process on the workers' REST transport (aiohttp)."""
-    one = http_request(example_server_aiohttp.http_url, method, path, body, headers)
-    two = http_request(example_server_workers.http_url, method, path, body, headers)
+    """Byte for byte, against one process on the same REST transport."""
+    one = http_request(request.getfixturevalue(one_process).http_url, method, path, body, headers)
+    two = http_request(request.getfixturevalue(workers).http_url, method, path, body, headers)
     assert (two.status, two.body, two.headers.get("allow")) == (one.status, one.body, one.headers.get("allow"))
 
 
@@ -255,17 +261,24 @@ def test_workers_serve_grpc_on_either_grpc_server(repo: Path, grpc_server: str) 
         assert server.stop() == 0
 
 
-def test_uvicorn_with_frontend_workers_is_refused_not_ignored() -> None:
-    """The workers' REST is aiohttp's: asking for uvicorn there is an error that names both
-    settings, never a setting accepted and ignored."""
-    done = subprocess.run(
-        [sys.executable, "-m", "servegraph", "serve", "--model-repository", str(EXAMPLES),
-         "--frontend-workers", "2", "--http-server", "uvicorn"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert done.returncode == 2, done.stderr
-    assert "http_server 'uvicorn' does not apply with frontend_workers" in done.stderr
-    assert "Traceback" not in done.stderr
+@pytest.mark.parametrize("server_name", ["example_server_workers", "example_server_workers_aiohttp"], ids=["uvicorn", "aiohttp"])
+def test_workers_serve_rest_on_either_http_server(request: pytest.FixtureRequest, server_name: str) -> None:
+    """``--http-server`` applies to the workers too: inference runs through a worker (its
+    count grows), every other route is the model process's answer, query, decoded body and
+    errors included."""
+    server: ServerProcess = request.getfixturevalue(server_name)
+    before = sum(_metric(server, "servegraph_frontend_requests_total").values())
+    for value in range(4):  # new connections: the kernel spreads them over both workers
+        client = httpclient.InferenceServerClient(server.http_url)
+        np.testing.assert_array_equal(_add_sub(client, float(value)), np.full((1, 16), 2.0 * value))
+        client.close()
+    assert sum(_metric(server, "servegraph_frontend_requests_total").values()) == before + 4
+    metadata = http_request(server.http_url, "GET", "/v2/models/add_sub")
+    assert metadata.status == 200 and json.loads(metadata.body)["name"] == "add_sub"
+    index = http_request(server.http_url, "POST", "/v2/repository/index", gzip.compress(b'{"ready": true}'), {"Content-Encoding": "gzip"})
+    assert index.status == 200 and "add_sub" in {entry["name"] for entry in json.loads(index.body)}
+    missing = http_request(server.http_url, "GET", "/v2/models/nope/config?x=%2F")
+    assert missing.status == 404 and "unknown model: 'nope'" in json.loads(missing.body)["error"]
 
 
 def test_slots_are_reused_last_in_first_out_and_views_are_read_only() -> None:

@@ -310,14 +310,3 @@ class ServerSettings(BaseModel):
             " message carries the reason."
         ),
     )
-
-    @model_validator(mode="after")
-    def _workers_serve_rest_on_aiohttp(self) -> ServerSettings:
-        """Front-end workers proxy REST through an aiohttp app: asking for uvicorn there would
-        be a setting accepted and ignored. (Their gRPC is ``grpc_server``'s, either one.)"""
-        if self.frontend_workers and "http_server" in self.model_fields_set and self.http_server != "aiohttp":
-            raise ValueError(
-                f"http_server '{self.http_server}' does not apply with frontend_workers: the workers"
-                " serve REST on aiohttp; leave http_server out or set it to 'aiohttp'"
-            )
-        return self

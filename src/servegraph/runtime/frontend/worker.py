@@ -1,9 +1,10 @@
 """A front-end worker process: the server's HTTP and gRPC ports, shared with its siblings.
 
-It runs the same transports as a single-process server (``servers.rest`` on aiohttp, and
-``servers.grpc_h2`` or grpc.aio as ``--grpc-server`` says) over a ``ForwardingDataPlane``:
-an inference request is decoded here, its tensors written into shared memory and its
-descriptor sent to the model process; the answer comes back the same way and is encoded here. Every other route and RPC (health, metadata, config,
+It runs the same transports as a single-process server (REST on uvicorn or aiohttp as
+``--http-server`` says, gRPC on ``servers.grpc_h2`` or grpc.aio as ``--grpc-server`` says)
+over a ``ForwardingDataPlane``: an inference request is decoded here, its tensors written
+into shared memory and its descriptor sent to the model process; the answer comes back the
+same way and is encoded here. Every other route and RPC (health, metadata, config,
 statistics, repository, feedback) is proxied unchanged to the model process's private
 listeners, so what a caller reads is the model process's truth, status codes included.
 
@@ -21,11 +22,12 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
 import aiohttp
 import grpc
+import yarl
 from aiohttp import web
 from tritonclient.grpc import service_pb2 as pb
 
@@ -38,7 +40,10 @@ from servegraph.runtime.process import exit_now
 from servegraph.runtime.protocol.errors import ModelError, QueueFull, ShuttingDown
 from servegraph.runtime.protocol.types import InferRequest, InferResponse
 from servegraph.runtime.servers import grpc as grpc_server
-from servegraph.runtime.servers import grpc_h2, rest
+from servegraph.runtime.servers import grpc_h2, rest, rest_uvicorn
+from servegraph.runtime.servers.rest_api import Reply
+from servegraph.runtime.servers.rest_listeners import RestListener
+from servegraph.runtime.servers.rest_uvicorn import UvicornListener
 
 log = logging.getLogger(__name__)
 
@@ -181,16 +186,15 @@ class ModelLink:
             if message[0] != link.REGROUP:
                 raise link.rebuild_error(message[2])
             self._learn(first, message[2])
+            await asyncio.gather(*(self._relay(member) for member in members))
         except Exception as exc:  # the link's own verdict (shutting down, full): every member's
             for _, future, _ in members:
                 if not future.done():
                     future.set_exception(exc)
-            return
-        except asyncio.CancelledError:
+        except asyncio.CancelledError:  # nobody is left to answer them
             for _, future, _ in members:
                 future.cancel()
             raise
-        await asyncio.gather(*(self._relay(member) for member in members))
 
     async def _relay(self, member: _Member) -> None:
         """One member sent on its own; its caller gets the answer or the error."""
@@ -320,6 +324,23 @@ def http_proxy(session: aiohttp.ClientSession, limit: int) -> Callable[..., Awai
     return proxy
 
 
+def rest_forward(session: aiohttp.ClientSession) -> rest_uvicorn.Forward:
+    """Every REST request but inference, answered by the model process's own app (on uvicorn)."""
+
+    async def forward(method: str, target: str, headers: Mapping[str, str], body: bytes) -> Reply:
+        sent = {k: v for k, v in headers.items() if k.lower() not in _NOT_FORWARDED}
+        url = yarl.URL(f"http://model{target}", encoded=True)  # as the caller sent it
+        try:
+            async with session.request(method, url, headers=sent, data=body) as answer:
+                payload = await answer.read()
+                relayed = {k: v for k, v in answer.headers.items() if k.lower() not in _NOT_RELAYED}
+                return Reply(answer.status, payload, "", relayed)
+        except aiohttp.ClientError as exc:
+            raise ShuttingDown(f"the model process does not answer: {exc}") from None
+
+    return forward
+
+
 def _forward(channel: grpc.aio.Channel, method: str) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]:
     """An RPC answered by the model process's own gRPC server: raw bytes in, raw bytes out,
     its status, message and trailing metadata relayed as they are."""
@@ -373,6 +394,16 @@ class RpcProxy(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc's aio 
         return handler
 
 
+async def _serve_rest(dataplane: DataPlane, config: WorkerConfig, session: aiohttp.ClientSession) -> RestListener:
+    """The worker's REST port on ``http_server``'s server, every route but inference proxied."""
+    s = config.settings
+    if s.http_server == "uvicorn":
+        return await UvicornListener.serve(dataplane, s.host, config.http_port, reuse_port=True, forward=rest_forward(session))
+    app = rest.create_app(dataplane)
+    app.middlewares.append(http_proxy(session, s.max_request_bytes))
+    return await rest.AiohttpListener.open(app, s.host, config.http_port, reuse_port=True)
+
+
 async def serve(config: WorkerConfig) -> int:
     """Listen, forward until SIGTERM (drain) or until the model process goes (exit 1)."""
     s = config.settings
@@ -385,12 +416,7 @@ async def serve(config: WorkerConfig) -> int:
     session = aiohttp.ClientSession(
         connector=aiohttp.UnixConnector(path=config.private_http), timeout=aiohttp.ClientTimeout(total=None)
     )
-    app = rest.create_app(dataplane)
-    app.middlewares.append(http_proxy(session, s.max_request_bytes))
-    runner = rest.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
-    await runner.setup()
-    site = web.TCPSite(runner, s.host, config.http_port, backlog=1024, reuse_port=True)
-    await site.start()
+    rest_listener = await _serve_rest(dataplane, config, session)
     channel = grpc.aio.insecure_channel(
         config.private_grpc,
         options=[("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)],
@@ -416,12 +442,12 @@ async def serve(config: WorkerConfig) -> int:
     # and lets those running finish within the grace); what is in flight is answered as the
     # model process drains.
     grpc_stopped = asyncio.get_running_loop().create_task(server.stop(grace=s.exit_timeout_secs))
-    await site.stop()
+    await rest_listener.stop_accepting()
     idle = asyncio.get_running_loop().create_task(model.idle.wait())
     await asyncio.wait({idle, linked}, timeout=s.exit_timeout_secs, return_when=asyncio.FIRST_COMPLETED)
     idle.cancel()
     await grpc_stopped
-    await runner.cleanup()
+    await rest_listener.close()
     await session.close()
     await channel.close()
     return 0

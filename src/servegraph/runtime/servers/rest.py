@@ -164,10 +164,10 @@ class AiohttpListener:
         self.port = int(sockets[0].getsockname()[1]) if sockets else site._port
 
     @classmethod
-    async def open(cls, app: web.Application, host: str, port: int) -> AiohttpListener:
+    async def open(cls, app: web.Application, host: str, port: int, reuse_port: bool = False) -> AiohttpListener:
         runner = AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
         await runner.setup()
-        site = web.TCPSite(runner, host, port, backlog=1024)
+        site = web.TCPSite(runner, host, port, backlog=1024, reuse_port=reuse_port or None)
         await site.start()
         return cls(runner, site)
 

@@ -138,13 +138,24 @@ class _Call:
         return body
 
 
+Forward = Callable[[str, str, Mapping[str, str], bytes], Awaitable[Reply]]
+"""Answers a request elsewhere: (method, raw path with query, headers, decoded body) -> reply."""
+
+
 class RestApp:
     """The ASGI application: route, call the endpoint, write its reply; every error as
-    ``{"error": str}``, a bug logged and answered 500."""
+    ``{"error": str}``, a bug logged and answered 500.
 
-    def __init__(self, dataplane: DataPlane) -> None:
+    With ``forward`` (a front-end worker's) only inference is served here: every other
+    request, unknown routes included, is answered by ``forward`` (the model process), its body
+    read and decoded here first as the model process's own app would read it.
+    """
+
+    def __init__(self, dataplane: DataPlane, forward: Forward | None = None) -> None:
         self.api = rest_api.RestApi(dataplane)
         self.router = rest_api.Router(self.api.routes())
+        self.forward = forward
+        self._infer = self.api.infer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # lifespan is off; websockets are not served
@@ -152,8 +163,7 @@ class RestApp:
         method: str = scope["method"]
         call = _Call(scope, receive, self.api.limit)
         try:
-            endpoint, call.params = self.router.resolve(method, scope["raw_path"].decode("latin-1"))
-            reply = await endpoint(call)
+            reply = await self._answer(method, scope, call)
         except ServegraphError as exc:
             reply = rest_api.error_reply(exc)
         except rest_api.RouteMiss as miss:
@@ -173,6 +183,22 @@ class RestApp:
             headers.append((b"connection", b"close"))
         await send({"type": "http.response.start", "status": reply.status, "headers": headers})
         await send({"type": "http.response.body", "body": reply.body})
+
+    async def _answer(self, method: str, scope: Scope, call: _Call) -> Reply:
+        raw_path: str = scope["raw_path"].decode("latin-1")
+        if self.forward is not None and not self._is_infer(method, raw_path):
+            query = scope["query_string"].decode("latin-1")
+            target = f"{raw_path}?{query}" if query else raw_path
+            return await self.forward(method, target, call.headers, await call.body())
+        endpoint, call.params = self.router.resolve(method, raw_path)
+        return await endpoint(call)
+
+    def _is_infer(self, method: str, raw_path: str) -> bool:
+        try:
+            endpoint, _ = self.router.resolve(method, raw_path)
+        except rest_api.RouteMiss:
+            return False
+        return endpoint == self._infer
 
 
 class _Protocol(HttpToolsProtocol):
@@ -234,9 +260,12 @@ class UvicornListener:
         self.port = int(sockets[0].getsockname()[1])
 
     @classmethod
-    async def serve(cls, dataplane: DataPlane, host: str, port: int) -> UvicornListener:
+    async def serve(
+        cls, dataplane: DataPlane, host: str, port: int, reuse_port: bool = False, forward: Forward | None = None
+    ) -> UvicornListener:
+        """Listen on ``host:port``; ``reuse_port`` and ``forward`` for a front-end worker."""
         config = uvicorn.Config(
-            RestApp(dataplane),
+            RestApp(dataplane, forward),
             host=host,
             port=port,
             http=_Protocol,
@@ -256,7 +285,7 @@ class UvicornListener:
         def connection() -> asyncio.Protocol:
             return _Protocol(config=config, server_state=state, app_state={}, _loop=loop)
 
-        server = await loop.create_server(connection, host, port, backlog=1024)
+        server = await loop.create_server(connection, host, port, backlog=1024, reuse_port=reuse_port or None)
         return cls(server, state)
 
     async def stop_accepting(self) -> None:
