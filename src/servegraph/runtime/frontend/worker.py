@@ -72,8 +72,9 @@ _Member = tuple[InferRequest, "asyncio.Future[InferResponse]", int]
 class ModelLink:
     """The worker's end of the link: sends requests, matches answers, bounds what is in flight.
 
-    Alike requests of one event-loop turn travel as one (``groups``): the first of a kind
-    leads a group, waits one loop turn for others to join, then sends them all at once.
+    Alike requests of one event-loop turn travel as one (``groups``): while others are in
+    flight, the first of a kind leads a group, waits one loop turn for others to join, then
+    sends them all at once.
     """
 
     def __init__(
@@ -108,7 +109,9 @@ class ModelLink:
         self._requests += 1
         self.idle.clear()
         try:
-            keyed = None if self.forward_headers else groups.group_key(request)
+            # A request with none other in flight here goes at once: a lone caller's would
+            # wait a loop turn for company that does not come.
+            keyed = None if self.forward_headers or self._requests == 1 else groups.group_key(request)
             if keyed is None:
                 return await self._alone(request)
             return await self._grouped(request, *keyed)
