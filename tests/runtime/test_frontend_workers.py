@@ -27,7 +27,7 @@ from tritonclient.utils import InferenceServerException
 
 from servegraph.runtime.frontend import groups
 from servegraph.runtime.protocol.types import InferRequest, RequestedOutput
-from tests.conftest import DOUBLES, EXAMPLES, ServerProcess, add_model, http_request, wait_until
+from tests.conftest import DOUBLES, EXAMPLES, Gate, ServerProcess, add_model, eventually, fp32_model_config, http_request, wait_until
 
 
 def _metric(server: ServerProcess, name: str) -> dict[str, float]:
@@ -459,3 +459,40 @@ async def test_a_failing_group_gives_each_caller_its_own_verdict(grouping_server
                 assert isinstance(result, grpcaio.InferResult), result
                 np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), np.full((1, 16), 2 * value, np.float32))
     assert _stats(grouping_server, "add_sub") == (success + 3 * 8, fail + 3 * 24)
+
+
+async def test_callers_that_give_up_leave_their_group_and_the_rest_are_answered(repo: Path, tmp_path: Path) -> None:
+    """Calls cancelled (RST_STREAM) while their group waits behind a blocked model: whoever
+    still waits gets their own rows, and the server stops with nothing left in flight."""
+    gate = Gate(tmp_path)
+    config = fp32_model_config(
+        max_batch_size=8, warmup=False, parameters=gate.parameters(), dynamic_batching={"max_queue_delay_microseconds": 1000}
+    )
+    add_model(repo, "gated", config, DOUBLES / "gated.py")
+    server = ServerProcess(repo, "--repository-poll-secs", "0", "--frontend-workers", "1").wait_ready()
+    client = grpcaio.InferenceServerClient(server.grpc_url)
+    try:
+        calls = []
+        for value in range(24):
+            tensor = grpcaio.InferInput("INPUT", [1, 4], "FP32")
+            tensor.set_data_from_numpy(np.full((1, 4), value, np.float32))
+            calls.append(asyncio.ensure_future(client.infer("gated", [tensor], request_id=f"r{value}")))
+        await eventually(lambda: len(gate.entered()) >= 1, what="the first batch to block")
+
+        def reached() -> bool:
+            return sum(_metric(server, "servegraph_frontend_requests_total").values()) >= 24
+
+        await eventually(reached, what="every request to reach the model process")
+        for call in calls[::3]:
+            call.cancel()
+        gate.open()
+        results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 30)
+        for value, result in enumerate(results):
+            if value % 3:
+                assert isinstance(result, grpcaio.InferResult), result
+                assert result.get_response().id == f"r{value}"
+                np.testing.assert_array_equal(result.as_numpy("OUTPUT"), np.full((1, 4), value + 1, np.float32))
+        assert _grouped(server) > 0  # some did travel in groups
+    finally:
+        await client.close()
+        assert server.stop() == 0
