@@ -54,12 +54,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", choices=sorted(MODELS), default="mlp", help="mlp (numpy) or mlp-torch (PyTorch, the GPU if any)")
     p.add_argument("--client-procs", type=int, default=1, help="load generators run at once per cell")
     p.add_argument("--connections", type=int, default=1, help="connections per load generator")
-    p.add_argument("--src", type=Path, default=None, help="the servegraph source tree to serve (A/B: a copy of another commit's src/)")
+    p.add_argument(
+        "--src", default="",
+        help="comma list of servegraph source trees to serve (copies of commits' src/), interleaved as targets -a, -b, ...; default this checkout's",
+    )  # fmt: skip
     p.add_argument("--output", type=Path, default=BENCH / "results" / "frontend_workers.md")
     args = p.parse_args(argv)
     args.workers = [int(n) for n in args.workers.split(",")]
     args.protocols = [x for x in args.protocols.split(",") if x]
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    args.src = [Path(s) for s in args.src.split(",") if s] or [None]
     cores = os.cpu_count() or 1
     if not 1 <= args.server_cores < cores:
         p.error(f"--server-cores must leave the client at least one of the {cores} cores, got {args.server_cores}")
@@ -73,13 +77,16 @@ def pin(server_cores: int) -> None:
     procs.CLIENT_CORE = str(server_cores) if server_cores == last else f"{server_cores}-{last}"
 
 
-def target(workers: int, model: str = "mlp", src: Path | None = None) -> Target:
+def target(workers: int, model: str = "mlp", src: Path | None = None, label: str = "") -> Target:
+    """``--frontend-workers workers``; ``src``: another source tree, ``label`` its suffix."""
+
     def prepare(workdir: Path, ports: Ports) -> Launch:
         launch = MODELS[model](workdir, ports)
         env = launch.env if src is None else {**launch.env, "PYTHONPATH": str(src.resolve())}
         return dataclasses.replace(launch, cmd=[*launch.cmd, "--frontend-workers", str(workers)], env=env)
 
-    return Target(f"servegraph-fw{workers}", f"servegraph ({model}), --frontend-workers {workers}", prepare)
+    served = f", {src}" if src is not None else ""
+    return Target(f"servegraph-fw{workers}{label}", f"servegraph ({model}{served}), --frontend-workers {workers}", prepare)
 
 
 def drive_many(target: Target, protocol: str, ports: Ports, server_pid: int, args: argparse.Namespace) -> dict:
@@ -170,10 +177,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for number in range(args.rounds):
             result = RunResult(settings="")
-            order = args.workers[number % len(args.workers) :] + args.workers[: number % len(args.workers)]
-            for workers in order:
+            labels = [f"-{chr(ord('a') + i)}" if len(args.src) > 1 else "" for i in range(len(args.src))]
+            cases = [(w, src, label) for w in args.workers for src, label in zip(args.src, labels)]
+            order = cases[number % len(cases) :] + cases[: number % len(cases)]
+            for workers, src, label in order:
                 driver = drive_many if args.client_procs > 1 or args.connections > 1 else run.drive
-                run.bench_target(target(workers, args.model, args.src), args, result, driver)
+                run.bench_target(target(workers, args.model, src, label), args, result, driver)
             rounds.append(result)
     finally:
         procs.stop_all()
