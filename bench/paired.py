@@ -8,6 +8,7 @@ phase hits both alike. Both servers sit on the server core (only one works at a 
 
     python bench/paired.py                                   # servegraph vs triton-nobatch, gRPC
     python bench/paired.py --targets servegraph,servegraph-nobatch --protocol http --requests 3000
+    python bench/paired.py --targets servegraph,servegraph --src /tmp/a/src,/tmp/b/src   # two commits
 """
 
 from __future__ import annotations
@@ -80,13 +81,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--targets", default="servegraph,triton-nobatch", help="two targets from run.py's list")
     p.add_argument("--protocol", choices=("grpc", "http"), default="grpc", help="http = HTTP with binary tensors")
     p.add_argument("--requests", type=int, default=2000, help="measured requests per target")
+    p.add_argument("--src", default="", help="A,B: the servegraph source trees the two targets serve (copies of commits' src/)")
     args = p.parse_args(argv)
+    sources = args.src.split(",") if args.src else ["", ""]
+    if len(sources) != 2:
+        p.error("--src needs two source trees, comma-separated")
     names = args.targets.split(",")
     if len(names) != 2 or any(name not in TARGETS for name in names):
         p.error(f"--targets needs two of {', '.join(TARGETS)}")
     started, ports = [], []
     try:
-        for name in names:
+        for name, source in zip(names, sources):
             target = TARGETS[name]
             if reason := target.unavailable():
                 print(f"{name}: unavailable: {reason}", file=sys.stderr)
@@ -94,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
             workdir = Path(tempfile.mkdtemp(prefix=f"paired-{name}-"))
             target_ports = Ports(free_port(), free_port(), free_port())
             launch = target.prepare(workdir, target_ports)
-            server = procs.start_server(name, launch.cmd, workdir / "server.log", launch.env, launch.cwd or workdir)
+            env = {**launch.env, "PYTHONPATH": str(Path(source).resolve())} if source else launch.env
+            server = procs.start_server(name, launch.cmd, workdir / "server.log", env, launch.cwd or workdir)
             started.append(server)
             procs.wait_ready(server, target_ports.http, target.startup_timeout_s)
             ports.append(target_ports.grpc if args.protocol == "grpc" else target_ports.http)
@@ -109,8 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     a, b = json.loads(out.stdout.strip().splitlines()[-1])
     print(f"c=1, {args.protocol}, {args.requests} requests each, alternating (ms)")
     print("| target | p50 | p90 | mean |\n|---|---:|---:|---:|")
-    for name, cell in zip(names, (a, b)):
-        print(f"| {name} | {cell['p50_ms']:.3f} | {cell['p90_ms']:.3f} | {cell['mean_ms']:.3f} |")
+    for name, source, cell in zip(names, sources, (a, b)):
+        label = f"{name} ({source})" if source else name
+        print(f"| {label} | {cell['p50_ms']:.3f} | {cell['p90_ms']:.3f} | {cell['mean_ms']:.3f} |")
     print(f"\n{names[1]} / {names[0]} at p50: {b['p50_ms'] / a['p50_ms']:.3f}")
     return 0
 

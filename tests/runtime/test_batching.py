@@ -473,3 +473,53 @@ async def test_a_lone_callers_request_runs_on_the_event_loop_and_overlapping_one
             assert not any(both[0][-10:] + both[1][-10:]), f"overlapping callers should go back to the thread: {both}"
         finally:
             await client.close()
+
+
+WHERE = '''
+import asyncio, threading, time
+import numpy as np
+
+
+class Where:
+    """OUTPUT says where the batch ran: 0 on the model's thread, 1 on the event loop in the
+    batcher's own task, 2 on the event loop in the caller's task; an input of 3 fails it."""
+
+    def predict(self, inputs):
+        x = inputs["INPUT"]
+        if float(x[0, 0]) == 3:
+            raise ValueError("three is refused")
+        time.sleep(0.001)  # a millisecond: within a lone caller's budget, over a cheap model's
+        where = 0.0
+        if threading.get_ident() == threading.main_thread().ident:
+            where = 1.0 if asyncio.current_task().get_name().startswith("batch-") else 2.0
+        return {"OUTPUT": np.full_like(x, where)}
+'''
+
+
+async def test_a_lone_callers_request_runs_at_once_in_its_own_task(repo: Path, tmp_path: Path) -> None:
+    """Nothing else queued or running: a lone caller's request skips the queue (no batcher
+    wake-up, no batch task, no wait for its answer) and runs in its caller's task, counted in
+    the statistics as a queued one would be; a failure is still that request's alone."""
+    source = tmp_path / "where.py"
+    source.write_text(WHERE)
+    add_model(repo, "where", fp32_model_config(), source)
+    async with serve(repo) as server:
+        client = grpcaio.InferenceServerClient(grpc_url(server.ports))
+
+        async def where(value: float = 1.0) -> float:
+            result = await client.infer("where", [_input(grpcaio, np.full((1, 4), value, np.float32))])
+            return float(result.as_numpy("OUTPUT")[0, 0])
+
+        try:
+            before = server.repository.get("where").stats.to_dict()
+            ran = [await where() for _ in range(12)]
+            assert ran[:3] == [0.0] * 3 and ran[5:] == [2.0] * 7, ran
+            with pytest.raises(InferenceServerException, match="three is refused"):
+                await where(3.0)
+            assert await where() == 2.0
+            after = server.repository.get("where").stats.to_dict()
+            counts = {k: after["inference_stats"][k]["count"] - before["inference_stats"][k]["count"] for k in ("success", "fail", "queue")}
+            assert counts == {"success": 13, "fail": 1, "queue": 13}
+            assert after["execution_count"] - before["execution_count"] == 13
+        finally:
+            await client.close()
