@@ -188,9 +188,30 @@ def start(manifest: Path, label: str, hops: int, workdir: Path) -> Graph:
     return Graph(label, hops, server, http, grpc_port)
 
 
+def node_cpu_seconds(runner: int) -> dict[str, float]:
+    """CPU seconds of each node process ``servegraph run`` started, by node name (the folder
+    of its ``--ports-file``)."""
+    try:
+        children = Path(f"/proc/{runner}/task/{runner}/children").read_text().split()
+    except OSError:
+        return {}
+    nodes = {}
+    for child in children:
+        try:
+            args = Path(f"/proc/{child}/cmdline").read_bytes().decode().split("\0")
+        except OSError:
+            continue
+        if "--ports-file" in args:
+            name = Path(args[args.index("--ports-file") + 1]).parent.name
+            nodes[name] = tree_cpu_seconds(int(child))
+    return nodes
+
+
 def measure(graph: Graph, c: int, requests: int, protocol: str) -> dict[str, float]:
-    """One cell: ``requests`` closed-loop requests at concurrency ``c``, and the graph's CPU."""
+    """One cell: ``requests`` closed-loop requests at concurrency ``c``, and the graph's CPU
+    (``cpu_ms``) and each node's (``cpu_ms:NAME``) per request."""
     cpu_before = tree_cpu_seconds(graph.server.pid)
+    nodes_before = node_cpu_seconds(graph.server.pid)
     proc = subprocess.run(
         ["taskset", "-c", procs.CLIENT_CORE, sys.executable, "-c", CLIENT,
          str(graph.http if protocol == "http" else graph.grpc), graph.model, str(c), str(requests), protocol],
@@ -201,12 +222,16 @@ def measure(graph: Graph, c: int, requests: int, protocol: str) -> dict[str, flo
     cell: dict[str, float] = json.loads(proc.stdout.strip().splitlines()[-1])
     # The graph's CPU (every process of it, on core 0) per request, warm-up included: unlike
     # requests/s it hardly depends on what else the machine runs.
-    cell["cpu_ms"] = (tree_cpu_seconds(graph.server.pid) - cpu_before) * 1e3 / (requests + WARMUP + 1)
+    sent = requests + WARMUP + 1
+    cell["cpu_ms"] = (tree_cpu_seconds(graph.server.pid) - cpu_before) * 1e3 / sent
+    for name, seconds in node_cpu_seconds(graph.server.pid).items():
+        if name in nodes_before:
+            cell[f"cpu_ms:{name}"] = (seconds - nodes_before[name]) * 1e3 / sent
     return cell
 
 
 def median_cell(cells: list[dict[str, float]]) -> dict[str, float]:
-    return {key: statistics.median(cell[key] for cell in cells) for key in cells[0]}
+    return {key: statistics.median(cell[key] for cell in cells if key in cell) for key in cells[0]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -267,6 +292,20 @@ def main(argv: list[str] | None = None) -> int:
                 cpu += f" ({(cell['cpu_ms'] - base[c]['cpu_ms']) / hops:.2f})"
             row.append(f"{cell['rps']:.0f} · {cell['p50']:.2f} · {cell['p99']:.1f} | {added} | {share} | {cpu}")
         print(f"| {graph.label} | " + " | ".join(row) + " |")
+    routers = [graph for graph in graphs if graph.label.startswith("router")]
+    if routers:
+        print("\nEach node's own CPU per request (ms), and the requests/s one core would serve at that"
+              " cost: in a cluster, where each node is a pod with its own CPU, a router caps nothing"
+              " while it can serve more than the model behind it.\n")
+        print("| graph | c | " + " | ".join(["router", "model1", "model2"]) + " |\n|---|---:|---:|---:|---:|")
+        for graph in routers:
+            for c in concurrencies:
+                cell = medians[graph.label][c]
+                shown = []
+                for name in ("router", "model1", "model2"):
+                    ms = cell.get(f"cpu_ms:{name}")
+                    shown.append("–" if ms is None else f"{ms:.3f} ({1e3 / ms:.0f}/s)" if ms > 0.001 else f"{ms:.3f}")
+                print(f"| {graph.label} | {c} | " + " | ".join(shown) + " |")
     return 0
 
 
