@@ -383,6 +383,10 @@ def _grouped(server: ServerProcess) -> float:
     return sum(_metric(server, "servegraph_frontend_grouped_requests_total").values())
 
 
+def _forwarded(server: ServerProcess) -> float:
+    return sum(_metric(server, "servegraph_frontend_requests_total").values())
+
+
 async def _burst(server: ServerProcess, model: str, inputs_of: list[list[grpcaio.InferInput]]) -> list[object]:
     """Every request at once on one connection: a result or the exception, in order."""
     client = grpcaio.InferenceServerClient(server.grpc_url)
@@ -427,7 +431,7 @@ async def test_a_group_the_model_does_not_take_goes_one_by_one(grouping_server: 
     """echo2 takes 2 rows where a worker first groups up to 4 (a group of 2 may run);
     echo_unbatched does not batch dynamically, so its requests must never run together."""
     success, fail = _stats(grouping_server, model)
-    grouped = _grouped(grouping_server)
+    grouped, forwarded = _grouped(grouping_server), _forwarded(grouping_server)
     bursts = []
     for value in range(32):
         tensor = grpcaio.InferInput("INPUT", [1, 4], "FP32")
@@ -440,6 +444,7 @@ async def test_a_group_the_model_does_not_take_goes_one_by_one(grouping_server: 
             assert result.get_response().id == f"r{value}"
             np.testing.assert_array_equal(result.as_numpy("OUTPUT"), np.full((1, 4), value, np.float32))
     assert _stats(grouping_server, model) == (success + 96, fail)
+    assert _forwarded(grouping_server) == forwarded + 96  # a group sent back is not counted twice
     if model == "echo_unbatched":
         assert _grouped(grouping_server) == grouped
 
@@ -448,6 +453,7 @@ async def test_a_failing_group_gives_each_caller_its_own_verdict(grouping_server
     """Alike bad requests (INT32 where add_sub takes FP32) fail the group; each is then sent
     alone and gets its own INVALID_ARGUMENT, counted once; good ones among them succeed."""
     success, fail = _stats(grouping_server, "add_sub")
+    forwarded = _forwarded(grouping_server)
     inputs = [_add_sub_inputs(v, "INT32" if v % 4 else "FP32") for v in range(32)]
     for _ in range(3):
         results = await _burst(grouping_server, "add_sub", inputs)
@@ -460,6 +466,7 @@ async def test_a_failing_group_gives_each_caller_its_own_verdict(grouping_server
                 assert isinstance(result, grpcaio.InferResult), result
                 np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), np.full((1, 16), 2 * value, np.float32))
     assert _stats(grouping_server, "add_sub") == (success + 3 * 8, fail + 3 * 24)
+    assert _forwarded(grouping_server) == forwarded + 96
 
 
 async def test_callers_that_give_up_leave_their_group_and_the_rest_are_answered(repo: Path, tmp_path: Path) -> None:

@@ -7,8 +7,9 @@ answers travel as tuples of their fields (``request_fields`` / ``rebuild_request
 slotted dataclass pickles through ``copyreg`` at about 10 µs each way, a tuple in about 1.
 
 Worker -> model process: ``(HELLO, pid)``, ``(INFER, rid, slot, request fields, inputs,
-counts)``, ``(CANCEL, rid)``. ``counts`` is None for one caller's request, or each member's
-rows for alike requests sent as one (``groups``). Model process -> worker: ``(ANSWER, rid,
+counts, again)``, ``(CANCEL, rid)``. ``counts`` is None for one caller's request, or each
+member's rows for alike requests sent as one (``groups``); ``again`` marks a member of a group
+that came back, sent on its own (counted already). Model process -> worker: ``(ANSWER, rid,
 response fields, outputs, group rows)``, ``(FAILED, rid, error)``, ``(CANCELLED, rid)``,
 ``(REGROUP, rid, group rows)``: a group the model process did not run (send its members one
 by one). ``group rows`` tells a group's sender what the model takes (``Servable.group_rows``);

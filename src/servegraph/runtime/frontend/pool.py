@@ -190,8 +190,8 @@ class FrontendPool:
             while (messages := await worker.receiver.receive()) is not None:
                 for message in messages:
                     if message[0] == link.INFER:
-                        _, rid, slot, fields, inputs, counts = message
-                        task = loop.create_task(self._infer(worker, rid, slot, fields, inputs, counts))
+                        _, rid, slot, fields, inputs, counts, again = message
+                        task = loop.create_task(self._infer(worker, rid, slot, fields, inputs, counts, again))
                         worker.tasks[rid] = task
                         task.add_done_callback(functools.partial(_finished, worker, rid))
                     elif message[0] == link.CANCEL:
@@ -227,12 +227,14 @@ class FrontendPool:
 
     async def _infer(
         self, worker: _Worker, rid: int, slot: int | None, fields: tuple[Any, ...], inputs: Carried,
-        counts: tuple[int, ...] | None,
+        counts: tuple[int, ...] | None, again: bool,
     ) -> None:  # fmt: skip
         """Run one request, or a group of alike ones (``counts``: each member's rows), and send
         the answer. A group runs only where the model takes it, and any failure of a group is
-        answered REGROUP: its members come again one by one, each for its own verdict."""
-        worker.requests.inc(1 if counts is None else len(counts))
+        answered REGROUP: its members come again one by one (``again``: counted already), each
+        for its own verdict."""
+        if not again:
+            worker.requests.inc(1 if counts is None else len(counts))
         message: tuple[Any, ...]
         group_rows = 0
         try:

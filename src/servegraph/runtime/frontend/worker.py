@@ -177,7 +177,7 @@ class ModelLink:
         counts = tuple(rows for _, _, rows in members)
         first = requests[0]
         try:
-            message, outputs = await self._exchange(link.request_fields(first, {}), groups.merge(requests), counts)
+            message, outputs = await self._exchange(link.request_fields(first, {}), groups.merge(requests), counts, False)
             if message[0] == link.ANSWER:
                 self._learn(first, message[4])
                 try:
@@ -191,7 +191,7 @@ class ModelLink:
             if message[0] != link.REGROUP:
                 raise link.rebuild_error(message[2])
             self._learn(first, message[2])
-            await asyncio.gather(*(self._relay(member) for member in members))
+            await asyncio.gather(*(self._relay(member, again=True) for member in members))
         except Exception as exc:  # the link's own verdict (shutting down, full): every member's
             for _, future, _ in members:
                 if not future.done():
@@ -201,13 +201,14 @@ class ModelLink:
                 future.cancel()
             raise
 
-    async def _relay(self, member: _Member) -> None:
-        """One member sent on its own; its caller gets the answer or the error."""
+    async def _relay(self, member: _Member, again: bool = False) -> None:
+        """One member sent on its own (``again``: after its group came back); its caller gets
+        the answer or the error."""
         request, future, _ = member
         if future.done():  # its caller has gone
             return
         try:
-            response = await self._alone(request)
+            response = await self._alone(request, again)
         except Exception as exc:
             if not future.done():
                 future.set_exception(exc)
@@ -215,15 +216,15 @@ class ModelLink:
         if not future.done():
             future.set_result(response)
 
-    async def _alone(self, request: InferRequest) -> InferResponse:
+    async def _alone(self, request: InferRequest, again: bool = False) -> InferResponse:
         headers = {k.lower(): v for k, v in request.headers.items()} if self.forward_headers else {}
-        message, outputs = await self._exchange(link.request_fields(request, headers), request.inputs, None)
+        message, outputs = await self._exchange(link.request_fields(request, headers), request.inputs, None, again)
         if message[0] == link.ANSWER:
             return link.rebuild_response(message[2], outputs)
         raise link.rebuild_error(message[2])
 
     async def _exchange(
-        self, fields: tuple[Any, ...], arrays: dict[str, Any], counts: tuple[int, ...] | None
+        self, fields: tuple[Any, ...], arrays: dict[str, Any], counts: tuple[int, ...] | None, again: bool
     ) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """Send one request, wait for its answer: the message, and the answer's arrays."""
         if self.closed:
@@ -239,7 +240,7 @@ class ModelLink:
             raise
         answer: asyncio.Future[tuple[Any, ...]] = asyncio.get_running_loop().create_future()
         self._pending[rid] = (answer, slot)
-        self.sender.send((link.INFER, rid, slot, fields, inputs, counts))
+        self.sender.send((link.INFER, rid, slot, fields, inputs, counts, again))
         try:
             await self.sender.drain()
             message = await answer
