@@ -70,13 +70,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def pin(server_cores: int) -> None:
-    """Server on cores 0..K-1, client on K..: procs reads these when it starts a process."""
-    last = (os.cpu_count() or 1) - 1
-    procs.SERVER_CORE = "0" if server_cores == 1 else f"0-{server_cores - 1}"
-    procs.CLIENT_CORE = str(server_cores) if server_cores == last else f"{server_cores}-{last}"
-
-
 def target(workers: int, model: str = "mlp", src: Path | None = None, label: str = "") -> Target:
     """``--frontend-workers workers``; ``src``: another source tree, ``label`` its suffix."""
 
@@ -171,7 +164,7 @@ def loop_table(result: RunResult, concurrency: list[int]) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run finally blocks and atexit
-    pin(args.server_cores)
+    procs.pin(args.server_cores)
     started = time.monotonic()
     rounds: list[RunResult] = []
     try:

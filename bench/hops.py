@@ -17,12 +17,14 @@ machine disturbs far less than requests/s.
     python bench/hops.py                          # 0-3 hops, routers, c=1 and c=16, 3 rounds of 2000 requests per cell
     python bench/hops.py --hops 0,1 --routers "" --concurrency 1 --requests 500
     python bench/hops.py --hops 0 --routers 1 --protocol http   # the router behind an HTTP entry
+    python bench/hops.py --hops 0 --routers 1 --server-cores 3  # a bigger machine: router and model a core each
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -242,7 +244,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--protocol", choices=["grpc", "http"], default="grpc", help="how the client calls the entrypoint")
     p.add_argument("--requests", type=int, default=2000)
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds over every case; medians are printed")
+    p.add_argument(
+        "--server-cores", type=int, default=1,
+        help="cores the graph's processes share (the client gets the rest): 3+ gives a router and its model a core each",
+    )  # fmt: skip
     args = p.parse_args(argv)
+    cores = os.cpu_count() or 1
+    if not 1 <= args.server_cores < cores:
+        p.error(f"--server-cores must leave the client at least one of the {cores} cores, got {args.server_cores}")
+    procs.pin(args.server_cores)
     hop_counts = [int(h) for h in args.hops.split(",") if h]
     router_children = [int(r) for r in args.routers.split(",") if r]
     concurrencies = [int(c) for c in args.concurrency.split(",")]

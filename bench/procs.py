@@ -26,6 +26,14 @@ POLL_INTERVAL_S = 0.1
 _running: list[ServerProcess] = []
 
 
+def pin(server_cores: int) -> None:
+    """Servers on cores 0..K-1, clients on K..: read when a process starts here."""
+    global SERVER_CORE, CLIENT_CORE
+    last = (os.cpu_count() or 1) - 1
+    SERVER_CORE = "0" if server_cores == 1 else f"0-{server_cores - 1}"
+    CLIENT_CORE = str(server_cores) if server_cores == last else f"{server_cores}-{last}"
+
+
 def pinned_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """This process's environment with one BLAS thread and no venv leaking through."""
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
