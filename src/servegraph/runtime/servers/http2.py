@@ -242,11 +242,15 @@ class Stream:
             return
         self.send_window -= size
         connection.send_window -= size
-        connection.write(
+        answer = (
             frame(HEADERS, END_HEADERS, self.id, headers)
             + frame(DATA, 0, self.id, data)
             + frame(HEADERS, END_HEADERS | END_STREAM, self.id, trailers)
         )
+        if len(connection.streams) == 1:
+            connection.write_now(answer)  # no other stream here to share the send with
+        else:
+            connection.write(answer)
         self.closed_local = True
         connection.stream_done(self)
 
@@ -664,6 +668,15 @@ class Http2Connection(asyncio.Protocol):
         out, self._out = self._out, []
         if self.transport is not None and out:
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def write_now(self, data: bytes) -> None:
+        """Send ``data`` at once when nothing waits to go before it: a lone stream's answer
+        has nothing to share a send with, and waiting for the loop's next turn costs a c=1
+        call that turn."""
+        if self._out:
+            self.write(data)
+        elif self.transport is not None:
+            self.transport.write(data)
 
     def write_headers(self, stream_id: int, block: bytes, end_stream: bool) -> None:
         """A header block in one HEADERS frame, with CONTINUATIONs past the peer's frame size."""
