@@ -23,7 +23,8 @@ throughput does. Prints one table of server CPU µs per request by bucket and pr
 Buckets: ``transport`` (the event loop, aiohttp's or uvicorn's HTTP parsing, grpc's Cython server and
 its protobuf (de)serialisation, which py-spy cannot see into), ``decode`` (wire format to
 numpy), ``validation`` (request against the model's signature), ``queueing`` (batcher: queue,
-plan, wake-ups, futures), ``merge``, ``model`` (the executor thread), ``split``, ``encode``
+plan, wake-ups, futures), ``merge``, ``model`` (the executor thread, and batches run inline
+on the event loop's thread), ``split``, ``encode``
 (numpy to wire format), ``answer`` (shaping the response, writing it), ``stats`` (Triton
 statistics and Prometheus metrics), ``other`` (main-thread samples matching no rule).
 """
@@ -60,6 +61,7 @@ BUCKETS = (
 
 # (bucket, path fragment, function names or None for any): first match from the leaf wins.
 RULES: list[tuple[str, str, frozenset[str] | None]] = [
+    ("model", "batching/batcher.py", frozenset({"_timed_predict"})),  # a batch run on the loop's thread
     ("merge", "batching/padding.py", frozenset({"merge", "padded_shape"})),
     ("split", "batching/padding.py", frozenset({"split"})),
     ("stats", "runtime/stats.py", None),
