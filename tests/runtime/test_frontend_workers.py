@@ -367,6 +367,8 @@ def grouping_server(repo: Path) -> ServerProcess:
     }
     add_model(repo, "echo2", config, DOUBLES / "echo.py")
     add_model(repo, "echo_unbatched", {**config, "max_batch_size": 8, "dynamic_batching": None}, DOUBLES / "echo.py")
+    wide = {"input": [{"name": "INPUT", "data_type": "FP32", "dims": [-1]}], "output": [{"name": "OUTPUT", "data_type": "FP32", "dims": [-1]}, {"name": "ROWSUM", "data_type": "FP32", "dims": [1]}]}
+    add_model(repo, "echo_wide", {**config, **wide, "max_batch_size": 8}, DOUBLES / "echo.py")
     server = ServerProcess(repo, "--repository-poll-secs", "0", "--frontend-workers", "1").wait_ready()
     yield server  # type: ignore[misc]
     server.stop()
@@ -504,3 +506,30 @@ async def test_callers_that_give_up_leave_their_group_and_the_rest_are_answered(
     finally:
         await client.close()
         assert server.stop() == 0
+
+
+async def test_a_group_never_outgrows_a_shared_memory_slot(grouping_server: ServerProcess) -> None:
+    """Requests whose tensors would make a group larger than a slot (1 MiB) go one by one:
+    a group over a slot would cross the socket pickled. Narrow ones of the same model group."""
+
+    def burst_of(columns: int) -> list[list[grpcaio.InferInput]]:
+        bursts = []
+        for value in range(16):
+            tensor = grpcaio.InferInput("INPUT", [1, columns], "FP32")
+            tensor.set_data_from_numpy(np.full((1, columns), value, np.float32))
+            bursts.append([tensor])
+        return bursts
+
+    grouped = _grouped(grouping_server)
+    for _ in range(3):
+        results = await _burst(grouping_server, "echo_wide", burst_of(150_000))  # 600 KB each
+        for value, result in enumerate(results):
+            assert isinstance(result, grpcaio.InferResult), result
+            np.testing.assert_array_equal(result.as_numpy("OUTPUT"), np.full((1, 150_000), value, np.float32))
+    assert _grouped(grouping_server) == grouped
+    for _ in range(20):  # until some arrive in one loop turn
+        results = await _burst(grouping_server, "echo_wide", burst_of(1_000))
+        assert all(isinstance(result, grpcaio.InferResult) for result in results)
+        if _grouped(grouping_server) > grouped:
+            break
+    assert _grouped(grouping_server) > grouped

@@ -124,16 +124,20 @@ class ModelLink:
 
     async def _grouped(self, request: InferRequest, key: groups.GroupKey, rows: int) -> InferResponse:
         loop = asyncio.get_running_loop()
+        size = sum(array.nbytes for array in request.inputs.values())
         group = self._open.get(key)
-        if group is not None and group.rows + rows <= group.limit:
+        if group is not None and group.rows + rows <= group.limit and group.bytes + size <= self.arena.slot_bytes:
             future: asyncio.Future[InferResponse] = loop.create_future()
             group.members.append((request, future, rows))
             group.rows += rows
+            group.bytes += size
             return await future
         limit = self._group_limit(request)
-        if rows >= limit:
+        if rows >= limit or 2 * size > self.arena.slot_bytes:
+            # No room for a second member: in rows, or in a shared-memory slot (a group over
+            # a slot would cross the socket pickled, which costs more than it saves).
             return await self._alone(request)
-        group = self._open[key] = _Group(limit, rows)
+        group = self._open[key] = _Group(limit, rows, size)
         try:
             await asyncio.sleep(0)  # the requests this loop turn started join now
         except asyncio.CancelledError:
@@ -282,11 +286,12 @@ class ModelLink:
 class _Group:
     """Alike requests gathering in one loop turn; the leader is not among ``members``."""
 
-    __slots__ = ("limit", "rows", "members")
+    __slots__ = ("limit", "rows", "bytes", "members")
 
-    def __init__(self, limit: int, rows: int) -> None:
+    def __init__(self, limit: int, rows: int, size: int) -> None:
         self.limit = limit
         self.rows = rows
+        self.bytes = size
         self.members: list[_Member] = []
 
 
