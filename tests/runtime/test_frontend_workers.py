@@ -353,6 +353,20 @@ def test_a_groups_answer_splits_back_into_each_members_rows() -> None:
         groups.split({"Y": np.zeros((5, 2))}, (1, 3, 2))
 
 
+TILED = 150_000
+TILER = f'''
+import numpy as np
+
+
+class Tiler:
+    """OUTPUT: each row's first value repeated {TILED} times (600 KB a row from 16 bytes)."""
+
+    def predict(self, inputs):
+        x = inputs["INPUT"]
+        return {{"OUTPUT": np.repeat(x[:, :1], {TILED}, axis=1)}}
+'''
+
+
 @pytest.fixture
 def grouping_server(repo: Path) -> ServerProcess:
     """One worker (so every connection meets it): add_sub (dynamic batching, up to 8 rows),
@@ -369,6 +383,10 @@ def grouping_server(repo: Path) -> ServerProcess:
     add_model(repo, "echo_unbatched", {**config, "max_batch_size": 8, "dynamic_batching": None}, DOUBLES / "echo.py")
     wide = {"input": [{"name": "INPUT", "data_type": "FP32", "dims": [-1]}], "output": [{"name": "OUTPUT", "data_type": "FP32", "dims": [-1]}, {"name": "ROWSUM", "data_type": "FP32", "dims": [1]}]}
     add_model(repo, "echo_wide", {**config, **wide, "max_batch_size": 8}, DOUBLES / "echo.py")
+    tiles = {
+        **config, "max_batch_size": 8, "output": [{"name": "OUTPUT", "data_type": "FP32", "dims": [TILED]}],
+    }  # fmt: skip
+    add_model(repo, "tiler", tiles, TILER)
     server = ServerProcess(repo, "--repository-poll-secs", "0", "--frontend-workers", "1").wait_ready()
     yield server  # type: ignore[misc]
     server.stop()
@@ -533,3 +551,23 @@ async def test_a_group_never_outgrows_a_shared_memory_slot(grouping_server: Serv
         if _grouped(grouping_server) > grouped:
             break
     assert _grouped(grouping_server) > grouped
+
+
+async def test_a_group_stops_once_its_answer_would_outgrow_a_slot(grouping_server: ServerProcess) -> None:
+    """A model whose answer is far larger than its request (600 KB a row from 16 bytes): once
+    a worker has seen an answer, it sends no group whose answer would outgrow a slot."""
+    bursts = []
+    for value in range(16):
+        tensor = grpcaio.InferInput("INPUT", [1, 4], "FP32")
+        tensor.set_data_from_numpy(np.full((1, 4), value, np.float32))
+        bursts.append([tensor])
+    grouped = -1.0
+    for round_ in range(4):
+        if round_ == 1:  # the first burst may group: nothing was known of the answers yet
+            grouped = _grouped(grouping_server)
+        results = await _burst(grouping_server, "tiler", bursts)
+        for value, result in enumerate(results):
+            assert isinstance(result, grpcaio.InferResult), result
+            output = result.as_numpy("OUTPUT")
+            assert output.shape == (1, TILED) and float(output.min()) == float(output.max()) == value
+    assert _grouped(grouping_server) == grouped

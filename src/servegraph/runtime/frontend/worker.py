@@ -101,6 +101,9 @@ class ModelLink:
         self._next_id = 0
         self._open: dict[groups.GroupKey, _Group] = {}
         self._group_rows: dict[tuple[str, str], tuple[int, float]] = {}
+        """(model, version) -> (rows the model takes in a group, until when that holds)."""
+        self._answer_row_bytes: dict[tuple[str, str], int] = {}
+        """(model, version) -> bytes per row of its latest answer."""
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def infer(self, request: InferRequest) -> InferResponse:
@@ -164,15 +167,25 @@ class ModelLink:
         task.add_done_callback(self._tasks.discard)
 
     def _group_limit(self, request: InferRequest) -> int:
-        known = self._group_rows.get((request.model_name, request.model_version))
-        if known is None or known[1] < time.monotonic():
-            return GROUP_ROWS_UNKNOWN
-        return known[0] // GROUP_SHARE
+        """Rows a group may carry: a share of what the model takes, and no more than an
+        answer's slot holds (a group's answer over one would cross the socket pickled)."""
+        key = (request.model_name, request.model_version)
+        known = self._group_rows.get(key)
+        limit = GROUP_ROWS_UNKNOWN if known is None or known[1] < time.monotonic() else known[0] // GROUP_SHARE
+        answer_row_bytes = self._answer_row_bytes.get(key)
+        return min(limit, self.arena.slot_bytes // answer_row_bytes) if answer_row_bytes else limit
 
     def _learn(self, request: InferRequest, rows: int) -> None:
         if len(self._group_rows) >= GROUP_ROWS_KEPT:
             self._group_rows.clear()
         self._group_rows[(request.model_name, request.model_version)] = (rows, time.monotonic() + GROUP_ROWS_TTL_S)
+
+    def _measure(self, request: InferRequest, outputs: dict[str, Any], rows: int) -> None:
+        """Remember how large the model's answers are per row (only worth it while grouping)."""
+        if len(self._answer_row_bytes) >= GROUP_ROWS_KEPT:
+            self._answer_row_bytes.clear()
+        size = sum(getattr(array, "nbytes", 0) for array in outputs.values())
+        self._answer_row_bytes[(request.model_name, request.model_version)] = -(-size // max(rows, 1))
 
     async def _send_group(self, members: list[_Member]) -> None:
         """Send the members as one request and give each its rows of the answer; when the
@@ -184,6 +197,7 @@ class ModelLink:
             message, outputs = await self._exchange(link.request_fields(first, {}), groups.merge(requests), counts, False)
             if message[0] == link.ANSWER:
                 self._learn(first, message[4])
+                self._measure(first, outputs, sum(counts))
                 try:
                     shares = groups.split(outputs, counts)
                 except ValueError as exc:
@@ -224,6 +238,9 @@ class ModelLink:
         headers = {k.lower(): v for k, v in request.headers.items()} if self.forward_headers else {}
         message, outputs = await self._exchange(link.request_fields(request, headers), request.inputs, None, again)
         if message[0] == link.ANSWER:
+            if self._requests > 1 and not self.forward_headers:  # others in flight: groups may form
+                first = next(iter(request.inputs.values()), None)
+                self._measure(request, outputs, first.shape[0] if first is not None and first.ndim else 1)
             return link.rebuild_response(message[2], outputs)
         raise link.rebuild_error(message[2])
 
