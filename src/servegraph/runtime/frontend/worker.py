@@ -328,8 +328,8 @@ class ForwardingDataPlane(DataPlane):
         return await self.model.infer(request)
 
 
-def http_proxy(session: aiohttp.ClientSession, limit: int) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """Middleware: every route but inference is answered by the model process's own app."""
+def http_proxy(forward: rest_uvicorn.Forward, limit: int) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Middleware (``--http-server aiohttp``): every route but inference is ``forward``'s."""
 
     @web.middleware
     async def proxy(request: web.Request, handler: rest.Handler) -> web.StreamResponse:
@@ -338,22 +338,15 @@ def http_proxy(session: aiohttp.ClientSession, limit: int) -> Callable[..., Awai
             return await handler(request)
         # Read (and decode) as the model process's own app would: the same 400 and 413 answers.
         body = await rest.read_body(request, limit)
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in _NOT_FORWARDED}
-        try:
-            async with session.request(
-                request.method, f"http://model{request.rel_url}", headers=headers, data=body
-            ) as answer:
-                payload = await answer.read()
-                relayed = {k: v for k, v in answer.headers.items() if k.lower() not in _NOT_RELAYED}
-                return web.Response(status=answer.status, body=payload, headers=relayed)
-        except aiohttp.ClientError as exc:
-            raise ShuttingDown(f"the model process does not answer: {exc}") from None
+        reply = await forward(request.method, request.raw_path, request.headers, body)
+        return web.Response(status=reply.status, body=reply.body, headers=reply.headers)
 
     return proxy
 
 
 def rest_forward(session: aiohttp.ClientSession) -> rest_uvicorn.Forward:
-    """Every REST request but inference, answered by the model process's own app (on uvicorn)."""
+    """Every REST request but inference, answered by the model process's own app (either
+    REST server: uvicorn's ``RestApp(forward=...)``, aiohttp's ``http_proxy``)."""
 
     async def forward(method: str, target: str, headers: Mapping[str, str], body: bytes) -> Reply:
         sent = {k: v for k, v in headers.items() if k.lower() not in _NOT_FORWARDED}
@@ -428,7 +421,7 @@ async def _serve_rest(dataplane: DataPlane, config: WorkerConfig, session: aioht
     if s.http_server == "uvicorn":
         return await UvicornListener.serve(dataplane, s.host, config.http_port, reuse_port=True, forward=rest_forward(session))
     app = rest.create_app(dataplane)
-    app.middlewares.append(http_proxy(session, s.max_request_bytes))
+    app.middlewares.append(http_proxy(rest_forward(session), s.max_request_bytes))
     return await rest.AiohttpListener.open(app, s.host, config.http_port, reuse_port=True)
 
 
