@@ -123,16 +123,20 @@ class Client:
         await self._client.close()
 
 
+def _stat_fields(stat: str) -> list[str]:
+    """A /proc stat line's fields after the command name (field 3 on: state, ppid, ...)."""
+    return stat[stat.rfind(")") + 2 :].split()
+
+
 def thread_cpu_seconds(pid: int) -> float:
     """User+system CPU seconds of ``pid``'s main thread (0 when there is none)."""
     if pid <= 0:
         return 0.0
     try:
         with open(f"/proc/{pid}/task/{pid}/stat") as f:
-            stat = f.read()
+            fields = _stat_fields(f.read())
     except OSError:
         return 0.0
-    fields = stat[stat.rfind(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -150,7 +154,7 @@ def tree_cpu_seconds(root: int) -> float:
                 stat = f.read()
         except OSError:
             continue
-        fields = stat[stat.rfind(")") + 2 :].split()
+        fields = _stat_fields(stat)
         parents[int(entry)] = int(fields[1])
         ticks[int(entry)] = int(fields[11]) + int(fields[12])
     total, todo = 0, [root]
