@@ -483,7 +483,6 @@ class DynamicBatcher:
             t0 = time.perf_counter_ns()
             rows, batch_rows, merged = self._merge([item])
             if not self._runs_inline(batch_rows, [item]):
-                self._free.append(instance)
                 return False
             self._idle_since = -1.0
             t1 = time.perf_counter_ns()
@@ -493,12 +492,11 @@ class DynamicBatcher:
                 results = self._split([item], outputs, rows, batch_rows)
             except Exception as exc:
                 self._fail([item], exc)
-                self._free.append(instance)
                 return True
-            self._free.append(instance)
             self._complete([item], results, batch_rows, (t0, t1, t2, time.perf_counter_ns(), busy))
             return True
         finally:
+            self._free.append(instance)
             self._inflight -= 1
             self._running_requests -= 1
 
