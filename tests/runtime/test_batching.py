@@ -9,6 +9,7 @@ that go through HTTP run on each REST transport (``--http-server``).
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 from pathlib import Path
 
@@ -392,15 +393,17 @@ def test_a_batch_is_priced_by_what_it_cost_not_by_its_waits() -> None:
     other.start()
     try:
         wall = time.perf_counter()
-        _, spun = _timed_predict(spin, {})
+        _, spun, spun_on_cpu = _timed_predict(spin, {})
         wall = time.perf_counter() - wall
     finally:
         stop.set()
         other.join()
     assert wall > 0.08, "the competing thread should have taken turns with the model"
     assert 0.045 <= spun / 1e9 < 0.07
-    _, slept = _timed_predict(sleep, {})
+    assert spun_on_cpu
+    _, slept, slept_on_cpu = _timed_predict(sleep, {})
     assert slept / 1e9 >= 0.045
+    assert not slept_on_cpu
 
 
 TAGGED = '''
@@ -473,6 +476,60 @@ async def test_a_lone_callers_request_runs_on_the_event_loop_and_overlapping_one
             assert not any(both[0][-10:] + both[1][-10:]), f"overlapping callers should go back to the thread: {both}"
         finally:
             await client.close()
+
+
+SPIN = '''
+import threading, time
+import numpy as np
+
+
+class Spin:
+    """A CPU-bound model: a millisecond of its thread's CPU (within a lone caller's budget,
+    over a cheap model's); OUTPUT is 1 where it ran on the main thread (the event loop)."""
+
+    def predict(self, inputs):
+        end = time.thread_time() + 0.001
+        while time.thread_time() < end:
+            pass
+        x = inputs["INPUT"]
+        return {"OUTPUT": np.full_like(x, float(threading.get_ident() == threading.main_thread().ident))}
+'''
+
+
+@pytest.mark.parametrize("one_core", [True, False], ids=["one-core", "all-cores"])
+async def test_on_one_core_a_cpu_bound_model_runs_on_the_event_loop_for_overlapping_callers(
+    repo: Path, tmp_path: Path, one_core: bool
+) -> None:
+    """On one core the executor thread cannot compute while the loop reads requests, so even
+    overlapping callers' batches of a CPU-bound millisecond model run on the loop's thread;
+    with cores to spare they keep the executor thread, so the model computes meanwhile."""
+    cpus = os.sched_getaffinity(0)
+    if not one_core and len(cpus) < 2:
+        pytest.skip("needs two cores")
+    source = tmp_path / "spin.py"
+    source.write_text(SPIN)
+    add_model(repo, "spin", fp32_model_config(), source)
+    if one_core:
+        os.sched_setaffinity(0, {min(cpus)})  # this thread: the event loop's, which the batcher reads
+    try:
+        async with serve(repo) as server:
+            client = grpcaio.InferenceServerClient(grpc_url(server.ports))
+
+            async def caller() -> list[bool]:
+                results = []
+                for _ in range(20):
+                    result = await client.infer("spin", [_input(grpcaio, np.ones((1, 4), np.float32))])
+                    results.append(bool(result.as_numpy("OUTPUT")[0, 0] == 1.0))
+                return results
+
+            try:
+                both = await asyncio.gather(caller(), caller())
+            finally:
+                await client.close()
+    finally:
+        os.sched_setaffinity(0, cpus)
+    tail = both[0][-10:] + both[1][-10:]
+    assert all(tail) if one_core else not any(tail), both
 
 
 WHERE = '''
