@@ -5,8 +5,18 @@ per row than single rows)."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from servegraph.runtime.batching.cost import MAX_STRETCH, BatchPolicy, CostCurve, Plan, bucket_ceiling, plan_batch
+from servegraph.runtime.batching.cost import (
+    MAX_STRETCH,
+    BatchPolicy,
+    CostCurve,
+    Plan,
+    bucket_ceiling,
+    plan_batch,
+    singles_pay,
+)
 
 # rows -> seconds, from PEERS.md's rows/s: 1: 1165, 2: 422, 4: 881, 8: 1581, 16: 2547, 32: 3839
 PEERS_CURVE = CostCurve({1: 1 / 1165, 2: 2 / 422, 4: 4 / 881, 8: 8 / 1581, 16: 16 / 2547, 32: 32 / 3839})
@@ -173,3 +183,42 @@ def test_a_cpu_bound_process_waits_for_its_few_callers_rows() -> None:
     waiting = plan_batch(POLICY, curve, 1, cpu_bound=True, **common)
     assert waiting.rows == 0 and waiting.target == 4
     assert plan_batch(POLICY, curve, 1, cpu_bound=False, **common) == Plan(1)
+
+
+def test_singles_pay_where_no_batch_the_callers_can_form_is_cheaper_per_row() -> None:
+    """On the peers' curve 2 and 4 rows cost more per row than one, 8 less: four callers need
+    no plan, eight do; neither does a full queue (it takes a full batch)."""
+    assert singles_pay(POLICY, PEERS_CURVE, 3)
+    assert singles_pay(POLICY, PEERS_CURVE, 4)
+    assert not singles_pay(POLICY, PEERS_CURVE, 8)
+    assert not singles_pay(POLICY, PEERS_CURVE, 32)
+    assert not singles_pay(POLICY, CostCurve(), 4), "no curve yet: the delay window applies"
+    assert not singles_pay(BatchPolicy(max_rows=32, max_delay=0.001, cost_aware=False), PEERS_CURVE, 4)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    costs=st.dictionaries(st.integers(1, 32), st.floats(1e-5, 1e-2), min_size=1).filter(lambda d: 1 in d),
+    reachable=st.integers(1, 40),
+    queued=st.integers(1, 40),
+    rate=st.floats(0.0, 1e6),
+    frontend_cost=st.floats(0.0, 1e-3),
+    frontend_load=st.floats(0.0, 1.0),
+    since_arrival=st.floats(0.0, 0.01),
+    cpu_bound=st.booleans(),
+)
+def test_where_singles_pay_every_plan_takes_one_row_at_once(
+    costs: dict[int, float], reachable: int, queued: int, rate: float, frontend_cost: float,
+    frontend_load: float, since_arrival: float, cpu_bound: bool,
+) -> None:
+    """The batcher skips planning where ``singles_pay``: that is only sound if the plan, for any
+    queue the callers can have and any load, would have been one row now."""
+    curve = CostCurve(dict(costs))
+    if not singles_pay(POLICY, curve, reachable) or queued > reachable:
+        return
+    plan = plan_batch(
+        POLICY, curve, queued, first_arrival=0.0, now=since_arrival, arrival_rate=rate,
+        frontend_cost=frontend_cost, frontend_load=frontend_load, last_arrival=since_arrival,
+        reachable_rows=reachable, cpu_bound=cpu_bound,
+    )
+    assert plan == Plan(1)

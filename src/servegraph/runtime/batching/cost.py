@@ -211,3 +211,22 @@ def plan_batch(
                 # Re-plan when the rows should be here, or when the stream should have paused.
                 return Plan(0, min(now + wait, wake_by), target)
     return Plan(best_rows)
+
+
+def singles_pay(policy: BatchPolicy, curve: CostCurve, reachable_rows: int) -> bool:
+    """Whether every batch of 2 to ``reachable_rows`` rows runs fewer rows per second than
+    single rows: then ``plan_batch`` takes one row at once and never waits, whatever is queued
+    (up to ``reachable_rows``), so a batcher of 1-row requests need not plan.
+
+    On a CPU a few callers' batches often cost more per row than single rows (one BLAS thread
+    ran the bench MLP's 1 row in 478 µs, 2 rows in 2,665 and 4 in 2,682): at c=4 every plan
+    picked 1 row, and planning cost each request about 22 µs of the loop's CPU that batching
+    off does not spend. Rows per second peak at a measured size or at the largest size (the
+    curve is linear in between), so those are the sizes compared, as in ``plan_batch``.
+    """
+    if policy.buckets or not policy.cost_aware or not curve.ready() or reachable_rows >= policy.max_rows:
+        return False  # (a full queue dispatches a full batch, whatever it costs)
+    single = curve.cost(1)
+    if reachable_rows > 1 and curve.cost(reachable_rows) <= reachable_rows * single:
+        return False
+    return all(seconds > rows * single for rows, seconds in curve.points.items() if 1 < rows < reachable_rows)
