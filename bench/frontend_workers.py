@@ -36,7 +36,7 @@ sys.path.insert(0, str(BENCH))
 
 import procs  # noqa: E402
 import run  # noqa: E402
-from report import PROTOCOL_NAMES, Measured, RunResult, render  # noqa: E402
+from report import PROTOCOL_NAMES, Measured, RunResult, medians, render  # noqa: E402
 from targets import Launch, Ports, Target, prepare_servegraph, prepare_servegraph_torch  # noqa: E402
 
 MODELS = {"mlp": prepare_servegraph, "mlp-torch": prepare_servegraph_torch}
@@ -117,28 +117,6 @@ def drive_many(target: Target, protocol: str, ports: Ports, server_pid: int, arg
     return {"check": check, "cells": cells}
 
 
-def medians(rounds: list[RunResult], settings: str) -> RunResult:
-    """One result whose every cell is the median of its rounds (problems of any round kept)."""
-    result = RunResult(settings=settings)
-    cells: dict[tuple[str, str, int], list[Measured]] = defaultdict(list)
-    for one in rounds:
-        result.problems.update(one.problems)
-        result.checks.update(one.checks)
-        result.descriptions.update(one.descriptions)
-        for cell in one.cells:
-            cells[(cell.target, cell.protocol, cell.concurrency)].append(cell)
-    for (name, protocol, concurrency), measured in cells.items():
-        numbers = {
-            f.name: statistics.median(getattr(m, f.name) for m in measured)
-            for f in dataclasses.fields(Measured)
-            if f.type in ("float", "int") and f.name != "concurrency"
-        }
-        result.cells.append(
-            Measured(target=name, protocol=protocol, concurrency=concurrency, first_error=measured[0].first_error, **numbers)
-        )
-    return result
-
-
 def loop_table(result: RunResult, concurrency: list[int]) -> str:
     """The model process's event loop, CPU µs per request: what bounds the workers' plateau
     on a many-core node (its one core full while the GPU idles), measurable on any machine."""
@@ -181,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         procs.stop_all()
     settings = run.settings_line(args) + (
         f" · server on {args.server_cores} core(s) · model {args.model} · {args.client_procs} load generator(s)"
-        f" × {args.connections} connection(s) · median of {args.rounds} round(s)."
+        f" × {args.connections} connection(s)."
     )
     result = medians(rounds, settings)
     text = render(result, args.concurrency) + loop_table(result, args.concurrency)

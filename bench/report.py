@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import statistics
+from collections import defaultdict
 from dataclasses import dataclass, field
 
 PROTOCOL_NAMES = {"grpc": "gRPC", "http": "HTTP binary", "json": "HTTP JSON"}
@@ -176,3 +179,25 @@ def render(result: RunResult, concurrencies: list[int]) -> str:
         out += [f"- **{key}**: {why}" for key, why in result.skipped.items()]
         out.append("")
     return "\n".join(out)
+
+
+def medians(rounds: list[RunResult], settings: str) -> RunResult:
+    """One result whose every cell is the median of its rounds (problems of any round kept)."""
+    result = RunResult(settings=settings)
+    cells: dict[tuple[str, str, int], list[Measured]] = defaultdict(list)
+    for one in rounds:
+        result.problems.update(one.problems)
+        result.checks.update(one.checks)
+        result.descriptions.update(one.descriptions)
+        for cell in one.cells:
+            cells[(cell.target, cell.protocol, cell.concurrency)].append(cell)
+    for (name, protocol, concurrency), measured in cells.items():
+        numbers = {
+            f.name: statistics.median(getattr(m, f.name) for m in measured)
+            for f in dataclasses.fields(Measured)
+            if f.type in ("float", "int") and f.name != "concurrency"
+        }
+        result.cells.append(
+            Measured(target=name, protocol=protocol, concurrency=concurrency, first_error=measured[0].first_error, **numbers)
+        )
+    return result

@@ -31,7 +31,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
 import procs  # noqa: E402
-from report import Measured, RunResult, render  # noqa: E402
+from report import Measured, RunResult, medians, render  # noqa: E402
 from targets import ALL_PROTOCOLS, TARGETS, Ports, Target, peer_venv  # noqa: E402
 
 DEFAULT_CONCURRENCY = (1, 4, 16, 64)
@@ -51,6 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--concurrency", default=None, help="comma list (default 1,4,16,64)")
     p.add_argument("--seconds", type=float, default=None, help="measured seconds per cell (default 5)")
     p.add_argument("--warmup", type=float, default=None, help="warm-up seconds per cell (default 1)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="interleaved rounds (each target once per round, order rotated); cells show medians")
     p.add_argument("--quick", action="store_true", help="c=1,16, 2 s cells, 0.5 s warm-up")
     p.add_argument("--setup", action="store_true", help="run bench/setup_peers.sh first")
     p.add_argument("--no-ceiling", action="store_true", help="skip the model-alone measurement")
@@ -181,7 +183,9 @@ def settings_line(args: argparse.Namespace) -> str:
         f"{now} · {platform.node()} · servers on core {procs.SERVER_CORE}, client on core "
         f"{procs.CLIENT_CORE}, one BLAS thread · one [1, 512] FP32 row per request · "
         f"{args.seconds:g} s per cell after {args.warmup:g} s warm-up · concurrency "
-        f"{', '.join(map(str, args.concurrency))} · figures drift ±20 % between runs: compare within one run."
+        f"{', '.join(map(str, args.concurrency))} · "
+        + (f"median of {args.rounds} interleaved rounds · " if args.rounds > 1 else "")
+        + "figures drift ±20 % between runs: compare within one run."
     )
 
 
@@ -192,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         setup_peers(args.targets)
     result = RunResult(settings=settings_line(args))
     started = time.monotonic()
+    rounds: list[RunResult] = []
     try:
         if not args.no_ceiling:
             for label, python in ceiling_pythons(args.targets).items():
@@ -202,10 +207,18 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 result.ceiling[f"{label}, numpy {version}"] = rates
                 log(f"ceiling, {label}: " + ", ".join(f"{b}: {v:.0f}" for b, v in rates.items()))
-        for name in args.targets:
-            bench_target(TARGETS[name], args, result)
+        for number in range(args.rounds):
+            one = RunResult(settings="")
+            shift = number % len(args.targets)
+            for name in args.targets[shift:] + args.targets[:shift]:
+                bench_target(TARGETS[name], args, one)
+            rounds.append(one)
     finally:
         procs.stop_all()
+    measured = medians(rounds, result.settings)
+    measured.ceiling = result.ceiling
+    measured.problems.update(result.problems)
+    result = measured
     text = render(result, args.concurrency)
     text += f"\nWhole run: {time.monotonic() - started:.0f} s.\n"
     print(text)
