@@ -3,7 +3,9 @@
 Each hop is a Transformer node (an identity StandardScaler on 16 floats) in front of a tiny
 model (FP32 [n, 16] -> the same, no batching), chained on loopback as ``servegraph run``
 wires them (nodes call their children over HTTP/1.1 binary tensors): 0 hops is the model
-alone. A router case puts a Weighted Router in front of two copies of the model, all
+alone. ``--model mlp`` puts the bench MLP (FP32 [n, 512] -> 16, dynamic batching as in
+``make bench``) there instead, so the hops' cost shows against a real model's rather than
+against the echo model's, the worst case. A router case puts a Weighted Router in front of two copies of the model, all
 traffic to one (``router-1``; a router needs two children, the other stays idle) or half to
 each (``router-2``). Every process of the graph runs on core 0 (``taskset``), the client
 (tritonclient ``grpc.aio`` on uvloop calling the entrypoint over gRPC, or with ``--protocol
@@ -18,6 +20,7 @@ machine disturbs far less than requests/s.
     python bench/hops.py --hops 0,1 --routers "" --concurrency 1 --requests 500
     python bench/hops.py --hops 0 --routers 1 --protocol http   # the router behind an HTTP entry
     python bench/hops.py --hops 0 --routers 1 --server-cores 3  # a bigger machine: router and model a core each
+    python bench/hops.py --model mlp --hops 0,1 --routers 1      # the hops in front of the bench MLP
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -47,6 +51,8 @@ from servegraph.ports import free_port  # noqa: E402
 
 WIDTH = 16
 WARMUP = 50
+MLP_EXAMPLE = ROOT / "examples" / "models" / "mlp"
+MODEL_WIDTHS = {"echo": WIDTH, "mlp": 512}
 
 MODEL_CONFIG = {
     "backend": "python",
@@ -64,11 +70,18 @@ MODEL_CODE = textwrap.dedent('''\
 ''')
 
 
-def write_model(folder: Path) -> None:
-    model_dir = folder / "models" / "echo"
+def write_model(folder: Path, model: str) -> str:
+    """Lay out the model behind the hops (``echo``, or ``mlp``: the bench MLP, batching on);
+    return its storageUri."""
+    model_dir = folder / "models" / model
+    if model == "mlp":
+        if not model_dir.exists():
+            shutil.copytree(MLP_EXAMPLE, model_dir)
+        return f"models/{model}"
     (model_dir / "1").mkdir(parents=True, exist_ok=True)
     (model_dir / "config.yaml").write_text(yaml.safe_dump(MODEL_CONFIG, sort_keys=False))
     (model_dir / "1" / "model.py").write_text(MODEL_CODE)
+    return f"models/{model}"
 
 
 def write_manifest(folder: Path, name: str, entrypoint: str, nodes: list[dict[str, object]]) -> Path:
@@ -83,11 +96,11 @@ def write_manifest(folder: Path, name: str, entrypoint: str, nodes: list[dict[st
     return path
 
 
-def write_router_graph(folder: Path, served_by: int) -> Path:
-    """A ModelDeployment with a Weighted Router over two copies of the echo model, sending all
+def write_router_graph(folder: Path, served_by: int, model: str = "echo") -> Path:
+    """A ModelDeployment with a Weighted Router over two copies of the model, sending all
     traffic to the first (``served_by`` 1: a router needs two children, the second stays idle)
     or half to each (2)."""
-    write_model(folder)
+    uri = write_model(folder, model)
     names = ["model1", "model2"]
     weights = [100, 0] if served_by == 1 else [50, 50]
     nodes: list[dict[str, object]] = [{
@@ -96,13 +109,14 @@ def write_router_graph(folder: Path, served_by: int) -> Path:
         "children": names,
         "router": {"strategy": "Weighted", "weights": [{"child": n, "weight": w} for n, w in zip(names, weights)]},
     }]
-    nodes += [{"name": n, "type": "Model", "model": {"storageUri": "models/echo"}} for n in names]
+    nodes += [{"name": n, "type": "Model", "model": {"storageUri": uri}} for n in names]
     return write_manifest(folder, f"router-{served_by}", "router", nodes)
 
 
-def write_graph(folder: Path, hops: int) -> Path:
-    """A ModelDeployment with ``hops`` identity Transformers in front of the echo model."""
-    write_model(folder)
+def write_graph(folder: Path, hops: int, model: str = "echo") -> Path:
+    """A ModelDeployment with ``hops`` identity Transformers in front of the model."""
+    uri = write_model(folder, model)
+    width = MODEL_WIDTHS[model]
     nodes: list[dict[str, object]] = []
     for i in range(hops):
         nodes.append({
@@ -110,10 +124,10 @@ def write_graph(folder: Path, hops: int) -> Path:
             "type": "Transformer",
             "children": [f"hop{i + 2}" if i + 1 < hops else "model"],
             "transformer": {"input": [{
-                "kind": "StandardScaler", "tensors": ["INPUT"], "mean": [0.0] * WIDTH, "scale": [1.0] * WIDTH,
+                "kind": "StandardScaler", "tensors": ["INPUT"], "mean": [0.0] * width, "scale": [1.0] * width,
             }]},
         })
-    nodes.append({"name": "model", "type": "Model", "model": {"storageUri": "models/echo"}})
+    nodes.append({"name": "model", "type": "Model", "model": {"storageUri": uri}})
     return write_manifest(folder, f"hops-{hops}", "hop1" if hops else "model", nodes)
 
 
@@ -127,14 +141,14 @@ CLIENT = textwrap.dedent('''\
         import tritonclient.grpc.aio as triton
         BINARY = {}
 
-    async def main(port, model, concurrency, requests):
+    async def main(port, model, concurrency, requests, width, echo):
         client = triton.InferenceServerClient(f"127.0.0.1:{port}")
-        x = np.arange(%(width)d, dtype=np.float32).reshape(1, %(width)d)
-        inp = triton.InferInput("INPUT", [1, %(width)d], "FP32")
+        x = np.arange(width, dtype=np.float32).reshape(1, width) / width
+        inp = triton.InferInput("INPUT", [1, width], "FP32")
         inp.set_data_from_numpy(x, **BINARY)
         out = [triton.InferRequestedOutput("OUTPUT", **BINARY)]
         got = (await client.infer(model, [inp], outputs=out)).as_numpy("OUTPUT")
-        assert got is not None and np.allclose(got, x), got
+        assert got is not None and got.shape[0] == 1 and (not echo or np.allclose(got, x)), got
         for _ in range(%(warmup)d):
             await client.infer(model, [inp], outputs=out)
         latencies, issued = [], 0
@@ -156,8 +170,8 @@ CLIENT = textwrap.dedent('''\
                           "p99": float(np.percentile(lat, 99))}))
 
     import uvloop
-    uvloop.run(main(int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))
-''') % {"width": WIDTH, "warmup": WARMUP}
+    uvloop.run(main(int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[6]), sys.argv[7] == "echo"))
+''') % {"warmup": WARMUP}
 
 
 def entrypoint_model(http_port: int) -> str:
@@ -209,14 +223,15 @@ def node_cpu_seconds(runner: int) -> dict[str, float]:
     return nodes
 
 
-def measure(graph: Graph, c: int, requests: int, protocol: str) -> dict[str, float]:
+def measure(graph: Graph, c: int, requests: int, protocol: str, model: str = "echo") -> dict[str, float]:
     """One cell: ``requests`` closed-loop requests at concurrency ``c``, and the graph's CPU
     (``cpu_ms``) and each node's (``cpu_ms:NAME``) per request."""
     cpu_before = tree_cpu_seconds(graph.server.pid)
     nodes_before = node_cpu_seconds(graph.server.pid)
     proc = subprocess.run(
         ["taskset", "-c", procs.CLIENT_CORE, sys.executable, "-c", CLIENT,
-         str(graph.http if protocol == "http" else graph.grpc), graph.model, str(c), str(requests), protocol],
+         str(graph.http if protocol == "http" else graph.grpc), graph.model, str(c), str(requests), protocol,
+         str(MODEL_WIDTHS[model]), model],
         capture_output=True, text=True, env=procs.pinned_env(), timeout=600,
     )
     if proc.returncode != 0:
@@ -243,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", default="1,16")
     p.add_argument("--protocol", choices=["grpc", "http"], default="grpc", help="how the client calls the entrypoint")
     p.add_argument("--requests", type=int, default=2000)
+    p.add_argument("--model", choices=sorted(MODEL_WIDTHS), default="echo",
+                   help="behind the hops: echo (16 floats, the worst case) or mlp (the bench MLP, batching on)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds over every case; medians are printed")
     p.add_argument(
         "--server-cores", type=int, default=1,
@@ -264,8 +281,8 @@ def main(argv: list[str] | None = None) -> int:
             # Every graph runs from the start (idle ones cost next to nothing), so rounds can
             # interleave the cases and a burst of load elsewhere hits them all alike. They start
             # one at a time: each picks free ports for its nodes, which must not race.
-            cases = [(write_graph(folder, h), f"{h} hops", h) for h in hop_counts]
-            cases += [(write_router_graph(folder, n), f"router-{n}", 1) for n in router_children]
+            cases = [(write_graph(folder, h, args.model), f"{h} hops", h) for h in hop_counts]
+            cases += [(write_router_graph(folder, n, args.model), f"router-{n}", 1) for n in router_children]
             for manifest, label, hops in cases:
                 graph = start(manifest, label, hops, folder)
                 graphs.append(graph)
@@ -275,11 +292,11 @@ def main(argv: list[str] | None = None) -> int:
                 for graph in graphs:
                     print(f"[hops] round {r + 1}/{args.rounds}: {graph.label}", file=sys.stderr, flush=True)
                     for c in concurrencies:
-                        graph.cells.setdefault(c, []).append(measure(graph, c, args.requests, args.protocol))
+                        graph.cells.setdefault(c, []).append(measure(graph, c, args.requests, args.protocol, args.model))
         finally:
             for graph in graphs:
                 graph.server.stop()
-    print(f"Graph hops, entrypoint over {args.protocol}, {args.requests} requests per cell, median of {args.rounds} "
+    print(f"Graph hops in front of the {args.model} model, entrypoint over {args.protocol}, {args.requests} requests per cell, median of {args.rounds} "
           f"interleaved rounds (graph on core {procs.SERVER_CORE}, client on core {procs.CLIENT_CORE}; load average "
           f"at start {load})\n")
     header = " | ".join(
