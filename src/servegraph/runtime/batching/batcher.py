@@ -665,6 +665,13 @@ PEAK_DECAY = 0.98
 """How fast the peak batch cost forgets a slow batch (per batch: about 100 batches)."""
 
 
+ON_CPU_SHARE = 0.4
+"""The share of its off-runqueue time a batch's thread must have spent on the CPU to count as
+CPU-bound. A CPU-bound model taking turns for the GIL with one busy Python thread (the event
+loop) gets about half: at exactly half, one run in many read 0.495 and was priced by its
+wall time, twice its cost. A GPU or I/O wait leaves its thread far below."""
+
+
 class _SchedStat:
     """This thread's /proc schedstat, kept open (a thread-local; closed when the thread ends)."""
 
@@ -722,8 +729,8 @@ def _timed_predict(predict: Callable[[Outputs], Outputs], inputs: Outputs) -> tu
     the GIL (the event loop runs Python between the model's BLAS calls): on one core a 1-row
     batch of the bench MLP measured 892 µs in the server against 493 µs alone, which made
     2-3 row batches look cheaper than single rows. So a model that kept its thread on the CPU
-    for at least half of its off-runqueue time is priced by that thread's CPU time; one that
-    mostly sleeps (a GPU wait, a multi-threaded BLAS) by wall time less runqueue waits."""
+    for at least ON_CPU_SHARE of its off-runqueue time is priced by that thread's CPU time;
+    one that mostly sleeps (a GPU wait, a multi-threaded BLAS) by wall time less runqueue waits."""
     waited = _runqueue_wait_ns()
     cpu_start = time.thread_time_ns()
     start = time.perf_counter_ns()
@@ -731,7 +738,7 @@ def _timed_predict(predict: Callable[[Outputs], Outputs], inputs: Outputs) -> tu
     elapsed = time.perf_counter_ns() - start
     cpu = time.thread_time_ns() - cpu_start
     off_runqueue = elapsed - (_runqueue_wait_ns() - waited)
-    on_cpu = 2 * cpu >= off_runqueue
+    on_cpu = cpu >= ON_CPU_SHARE * off_runqueue
     return outputs, max(cpu if on_cpu else off_runqueue, 1), on_cpu
 
 
