@@ -5,7 +5,7 @@ per row than single rows)."""
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from servegraph.runtime.batching.cost import (
@@ -198,7 +198,8 @@ def test_singles_pay_where_no_batch_the_callers_can_form_is_cheaper_per_row() ->
 
 @settings(max_examples=300, deadline=None)
 @given(
-    costs=st.dictionaries(st.integers(1, 32), st.floats(1e-5, 1e-2), min_size=1).filter(lambda d: 1 in d),
+    single=st.floats(1e-5, 1e-2),
+    per_row=st.dictionaries(st.integers(2, 32), st.floats(0.5, 3.0)),  # a size's cost per row over a single row's
     reachable=st.integers(1, 40),
     queued=st.integers(1, 40),
     rate=st.floats(0.0, 1e6),
@@ -208,14 +209,13 @@ def test_singles_pay_where_no_batch_the_callers_can_form_is_cheaper_per_row() ->
     cpu_bound=st.booleans(),
 )
 def test_where_singles_pay_every_plan_takes_one_row_at_once(
-    costs: dict[int, float], reachable: int, queued: int, rate: float, frontend_cost: float,
+    single: float, per_row: dict[int, float], reachable: int, queued: int, rate: float, frontend_cost: float,
     frontend_load: float, since_arrival: float, cpu_bound: bool,
 ) -> None:
     """The batcher skips planning where ``singles_pay``: that is only sound if the plan, for any
     queue the callers can have and any load, would have been one row now."""
-    curve = CostCurve(dict(costs))
-    if not singles_pay(POLICY, curve, reachable) or queued > reachable:
-        return
+    curve = CostCurve({1: single, **{rows: single * rows * factor for rows, factor in per_row.items()}})
+    assume(queued <= reachable and singles_pay(POLICY, curve, reachable))
     plan = plan_batch(
         POLICY, curve, queued, first_arrival=0.0, now=since_arrival, arrival_rate=rate,
         frontend_cost=frontend_cost, frontend_load=frontend_load, last_arrival=since_arrival,
