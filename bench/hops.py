@@ -5,9 +5,9 @@ model (FP32 [n, 16] -> the same, no batching), chained on loopback as ``servegra
 wires them (nodes call their children over HTTP/1.1 binary tensors): 0 hops is the model
 alone. ``--model mlp`` puts the bench MLP (FP32 [n, 512] -> 16, dynamic batching as in
 ``make bench``) there instead, so the hops' cost shows against a real model's rather than
-against the echo model's, the worst case. A router case puts a Weighted Router in front of two copies of the model, all
-traffic to one (``router-1``; a router needs two children, the other stays idle) or half to
-each (``router-2``). Every process of the graph runs on core 0 (``taskset``), the client
+against the echo model's, the worst case. A router case puts a Weighted Router in front of
+two copies of the model, all traffic to one (``router-1``; a router needs two children, the
+other stays idle) or half to each (``router-2``). Every process of the graph runs on core 0 (``taskset``), the client
 (tritonclient ``grpc.aio`` on uvloop calling the entrypoint over gRPC, or with ``--protocol
 http`` tritonclient ``http.aio`` with binary tensors) on core 1. Every graph runs from the
 start; each cell sends a fixed number of requests in a closed loop, the cases interleaved
