@@ -113,6 +113,7 @@ class DynamicBatcher:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._row_interval = 0.0  # EWMA seconds between arriving rows
+        self._request_rows = 1.0  # EWMA rows per arriving request
         self._last_arrival = 0.0
         self._drain_rate = 0.0  # EWMA requests completed per second
         self._frontend_cost = 0.0  # EWMA event-loop CPU seconds per arriving row
@@ -257,6 +258,7 @@ class DynamicBatcher:
             self._row_interval += 0.2 * (gap - self._row_interval)
         self._last_arrival = now
         self._arrived_rows += rows
+        self._request_rows += 0.2 * (rows - self._request_rows)
         self._seq += 1
         return _Pending(
             inputs=inputs,
@@ -344,8 +346,10 @@ class DynamicBatcher:
             self._rows_short = 0
             self._forget(head)
             return [head], math.inf
-        if head.rows == 1 and singles_pay(self.policy, self.curve, math.ceil(self._peak_requests)):
-            # Nothing to plan (planning cost a c=4 request about 22 µs of the loop's CPU).
+        reachable = math.ceil(self._peak_requests * max(self._request_rows, 1.0))
+        if head.rows == 1 and singles_pay(self.policy, self.curve, reachable):
+            # Nothing to plan (planning cost a c=4 request about 22 µs of the loop's CPU); the
+            # callers' rows are estimated from recent requests (others may carry several).
             pending.pop(0)
             self._forget(head)
             self._rows_short = 0
