@@ -226,7 +226,14 @@ def singles_pay(policy: BatchPolicy, curve: CostCurve, reachable_rows: int) -> b
     """
     if policy.buckets or not policy.cost_aware or not curve.ready() or reachable_rows >= policy.max_rows:
         return False  # (a full queue dispatches a full batch, whatever it costs)
-    single = curve.cost(1)
+    # A tie goes to the batch, as in ``plan_batch``, with room for the rounding of the curve's
+    # interpolation: a size between two compared ones must not come out a hair cheaper.
+    single = curve.cost(1) * (1.0 + TIE)
     if reachable_rows > 1 and curve.cost(reachable_rows) <= reachable_rows * single:
         return False
     return all(seconds > rows * single for rows, seconds in curve.points.items() if 1 < rows < reachable_rows)
+
+
+TIE = 1e-9
+"""Relative difference in cost per row under which ``singles_pay`` counts a batch as tied
+with single rows (and so as paying)."""
