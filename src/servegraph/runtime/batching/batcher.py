@@ -334,22 +334,7 @@ class DynamicBatcher:
         if self._deadlined:
             pending.sort(key=lambda p: (p.deadline, p.seq))
         head = pending[0]
-        if not self._merging:
-            pending.pop(0)
-            self._forget(head)
-            return [head], math.inf
-        if head.lone and len(pending) == 1 and not self._inflight:
-            # A lone caller's request with nothing else queued or running (one that could not
-            # run at once: ``_run_lone_now``): no rows can join it, so there is nothing to plan
-            # (planning took a cold c=1 request 38 µs, instrumented).
-            self._pending = []
-            self._rows_short = 0
-            self._forget(head)
-            return [head], math.inf
-        reachable = math.ceil(self._peak_requests * max(self._request_rows, 1.0))
-        if head.rows == 1 and singles_pay(self.policy, self.curve, reachable):
-            # Nothing to plan (planning cost a c=4 request about 22 µs of the loop's CPU); the
-            # callers' rows are estimated from recent requests (others may carry several).
+        if self._runs_alone_unplanned(head, len(pending)):
             pending.pop(0)
             self._forget(head)
             self._rows_short = 0
@@ -392,6 +377,20 @@ class DynamicBatcher:
         for item in batch:
             self._forget(item)
         return batch, math.inf
+
+    def _runs_alone_unplanned(self, head: _Pending, queued: int) -> bool:
+        """Whether the queue's head runs alone with nothing to plan: batching is off; it is a
+        lone caller's request with nothing else queued or running (one that could not run at
+        once: ``_run_lone_now``), so no rows can join it (planning took a cold c=1 request
+        38 µs, instrumented); or it has one row and no batch the callers can form beats single
+        rows (``singles_pay``: planning cost a c=4 request about 22 µs of the loop's CPU), the
+        callers' rows estimated from recent requests (others may carry several)."""
+        if not self._merging or (head.lone and queued == 1 and not self._inflight):
+            return True
+        if head.rows != 1:
+            return False
+        reachable = math.ceil(self._peak_requests * max(self._request_rows, 1.0))
+        return singles_pay(self.policy, self.curve, reachable)
 
     def _launch(self, batch: list[_Pending], instance: LoadedModel) -> None:
         self._inflight += 1
@@ -570,13 +569,13 @@ class DynamicBatcher:
         cost = self.curve.cost(rows)
         if cost <= INLINE_BUDGET and self._peak_busy <= INLINE_PEAK:
             return True
-        if self._cores <= 1.0 and self._model_on_cpu and cost <= LONE_BUDGET and self._peak_busy <= LONE_BUDGET:
+        if cost > LONE_BUDGET or self._peak_busy > LONE_BUDGET:
+            return False
+        if self._cores <= 1.0 and self._model_on_cpu:
             return True
         return (
             len(batch) == 1
             and batch[0].lone
-            and cost <= LONE_BUDGET
-            and self._peak_busy <= LONE_BUDGET
             and self._inflight == 1
             and not self._free  # another instance could run a newcomer meanwhile
             and not self._pending
